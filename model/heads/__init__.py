@@ -1,0 +1,1 @@
+"""Prediction heads: camera (iterative and MLP) and DPT dense heads."""

@@ -1,0 +1,1 @@
+"""Transformer layers shared by the patch embedding, the aggregator and the heads."""

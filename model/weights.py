@@ -1,0 +1,190 @@
+"""Weights I/O: official ``.pt`` checkpoints, our ``.safetensors`` + JSON, from any fsspec URL.
+
+Loading is strict: every entry the network expects must be present with the exact shape, and
+nothing else may be there; a violation raises :class:`errors.CheckpointError` naming the keys. The
+network is built on the ``meta`` device and the checkpoint's tensors are assigned to it after a
+cast, so an official 1.37 B-parameter checkpoint never exists twice in memory.
+
+- Official checkpoints (``checkpoint_aff_inv.pt`` ...): ``torch.load(weights_only=True)``; a bare
+  state dict, or one under ``"model"``; ``use_ema=True`` takes the ``"ema"`` entries (over
+  ``"model"`` for any entry EMA does not track, such as frozen parameters).
+- Our checkpoints: ``name.safetensors`` plus ``name.json`` holding the :class:`ZipMapConfig`.
+- URLs: local paths, ``file://``, ``s3://``, ``https://`` ... Remote files are copied once into a
+  local cache (``$ZIPMAP_CACHE`` or ``~/.cache/zipmap``) and memory-mapped from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import fsspec
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save as safetensors_bytes
+
+from errors import CheckpointError, ConfigError
+
+from .config import ZipMapConfig, get_config
+from .zipmap import ZipMap
+
+CONFIG_METADATA_KEY = "zipmap_config"
+
+
+def _is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ZIPMAP_CACHE", Path.home() / ".cache" / "zipmap"))
+
+
+def local_copy(url: str, storage_options: Mapping[str, Any] | None = None) -> str:
+    """A local path holding the file at ``url``; remote files are cached (skipped when a copy
+    of the same size is already there) and written atomically."""
+    if _is_local(url):
+        path = url[len("file://"):] if url.startswith("file://") else url
+        if not os.path.exists(path):
+            raise CheckpointError(f"{url}: checkpoint file not found")
+        return path
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        size = fs.size(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{url}: checkpoint file not found") from None
+    except Exception as exc:  # network, credentials, unknown protocol
+        raise CheckpointError(f"{url}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
+    target = cache_dir() / "checkpoints" / hashlib.sha1(url.encode()).hexdigest()[:16] / Path(path).name
+    if target.exists() and target.stat().st_size == size:
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".part-")
+    os.close(fd)
+    try:
+        fs.get(path, tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return str(target)
+
+
+def read_state_dict(url: str, use_ema: bool = False, storage_options: Mapping[str, Any] | None = None,
+                    ) -> dict[str, torch.Tensor]:
+    """Read the tensors of a checkpoint (``.safetensors`` or a torch ``.pt``) without a network."""
+    path = local_copy(url, storage_options)
+    if path.endswith(".safetensors"):
+        if use_ema:
+            raise CheckpointError(f"{url}: safetensors checkpoints hold one set of weights; no EMA")
+        try:
+            return load_file(path)
+        except Exception as exc:
+            raise CheckpointError(f"{url}: not a readable safetensors file ({exc})") from exc
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise CheckpointError(f"{url}: not a readable PyTorch checkpoint ({exc})") from exc
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{url}: expected a state dict, found {type(obj).__name__}")
+    if use_ema:
+        if not isinstance(obj.get("ema"), Mapping):
+            raise CheckpointError(f"{url}: EMA weights requested but the checkpoint has no 'ema' entry")
+        base = obj.get("model") if isinstance(obj.get("model"), Mapping) else {}
+        return {**base, **obj["ema"]}
+    if isinstance(obj.get("model"), Mapping):
+        return dict(obj["model"])
+    return dict(obj)
+
+
+def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, Any], source: str) -> None:
+    """Raise :class:`CheckpointError` naming every missing, unexpected or mis-shaped entry."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = []
+    for key in sorted(set(expected) - set(state_dict)):
+        problems.append(f"missing key {key!r} (expected shape {expected[key]})")
+    for key in sorted(set(state_dict) - set(expected)):
+        problems.append(f"unexpected key {key!r}")
+    for key in sorted(set(expected) & set(state_dict)):
+        value = state_dict[key]
+        if not isinstance(value, torch.Tensor):
+            problems.append(f"key {key!r} holds a {type(value).__name__}, not a tensor")
+        elif tuple(value.shape) != expected[key]:
+            problems.append(f"key {key!r} has shape {tuple(value.shape)}, expected {expected[key]}")
+    if problems:
+        shown = "; ".join(problems[:10])
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        raise CheckpointError(f"{source}: checkpoint does not match the network: {shown}{more}")
+
+
+def load_state_dict_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str,
+                         device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> None:
+    """Strictly check, cast floating tensors to ``dtype``, and assign them (meta models welcome)."""
+    check_state_dict(model, state_dict, source)
+    cast = {
+        k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
+        for k, v in state_dict.items()
+    }
+    model.load_state_dict(cast, strict=True, assign=True)
+
+
+def read_config(url: str, storage_options: Mapping[str, Any] | None = None) -> ZipMapConfig:
+    """The config of one of our checkpoints: ``name.json`` beside it, else safetensors metadata."""
+    stem = url[: -len(".safetensors")] if url.endswith(".safetensors") else url
+    json_url = stem + ".json"
+    try:
+        with fsspec.open(json_url, "r", **(storage_options or {})) as f:
+            return ZipMapConfig.from_dict(json.load(f))
+    except FileNotFoundError:
+        pass
+    if url.endswith(".safetensors"):
+        with safe_open(local_copy(url, storage_options), "pt") as f:
+            meta = f.metadata() or {}
+        if CONFIG_METADATA_KEY in meta:
+            return ZipMapConfig.from_json(meta[CONFIG_METADATA_KEY])
+    raise ConfigError(f"{url}: no config given and no {json_url} beside the checkpoint; pass config=")
+
+
+def load_zipmap(
+    url: str,
+    config: ZipMapConfig | str | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    use_ema: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> ZipMap:
+    """Build a :class:`ZipMap` from a checkpoint URL, in eval mode.
+
+    ``config`` is a :class:`ZipMapConfig`, a preset name (``"main"``, ``"ref_view"``,
+    ``"streaming"``, ``"state_query"``, ...) or ``None`` to read our JSON config beside the file.
+    """
+    if config is None:
+        config = read_config(url, storage_options)
+    elif isinstance(config, str):
+        config = get_config(config)
+    state_dict = read_state_dict(url, use_ema=use_ema, storage_options=storage_options)
+    with torch.device("meta"):
+        model = ZipMap(config)
+    load_state_dict_into(model, state_dict, url, device=device, dtype=dtype)
+    del state_dict
+    return model.eval()
+
+
+def save_checkpoint(model: ZipMap, url: str, storage_options: Mapping[str, Any] | None = None) -> str:
+    """Write ``model`` as ``url`` (``.safetensors``) plus the JSON config beside it; returns ``url``."""
+    if not url.endswith(".safetensors"):
+        raise CheckpointError(f"{url}: our checkpoints are .safetensors files")
+    cfg_json = model.cfg.to_json()
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    payload = safetensors_bytes(tensors, metadata={CONFIG_METADATA_KEY: cfg_json})
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    fs.pipe_file(path[: -len(".safetensors")] + ".json", cfg_json.encode())
+    fs.pipe_file(path, payload)
+    return url
