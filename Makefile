@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 run: $(STAMP)
-	$(PY) -m model.predict --preset tiny --demo
+	$(PY) -m model.predict --demo --preset small --out predictions.npz
 
 clean:
 	rm -rf $(VENV) .pytest_cache

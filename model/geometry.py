@@ -130,9 +130,10 @@ def plucker_rays(cam_from_world: torch.Tensor, intrinsics: torch.Tensor, image_h
     v, u = torch.meshgrid(torch.arange(H, dtype=intrinsics.dtype, device=intrinsics.device),
                           torch.arange(W, dtype=intrinsics.dtype, device=intrinsics.device), indexing="ij")
     K = intrinsics[..., None, None, :, :]
-    d_cam = torch.stack([(u + 0.5 - K[..., 0, 2]) / K[..., 0, 0],
-                         (v + 0.5 - K[..., 1, 2]) / K[..., 1, 1],
-                         torch.ones_like(u).expand(*K.shape[:-2])], dim=-1)  # [..., H, W, 3]
+    x = (u + 0.5 - K[..., 0, 2]) / K[..., 0, 0]  # [..., H, W]
+    y = (v + 0.5 - K[..., 1, 2]) / K[..., 1, 1]
+    x, y = torch.broadcast_tensors(x, y)
+    d_cam = torch.stack([x, y, torch.ones_like(x)], dim=-1)  # [..., H, W, 3]
     R = world_from_cam[..., None, None, :3, :3]
     d = (R @ d_cam.unsqueeze(-1)).squeeze(-1)
     d = d / d.norm(dim=-1, keepdim=True)

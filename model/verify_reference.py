@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .config import get_config
+from .config import ZipMapConfig, get_config
 from .weights import load_zipmap
 from .zipmap import ZipMap
 
@@ -60,10 +60,10 @@ def fill_value(key: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
     return f32(0.02) * x
 
 
-def write_filled_checkpoint(case: str, seed: int, path: Path) -> None:
-    """Fill every entry of ``case``'s state dict by the rule and save it as safetensors."""
+def write_filled_checkpoint(cfg: ZipMapConfig, seed: int, path: Path) -> None:
+    """Fill every entry of the network's state dict by the rule and save it as safetensors."""
     with torch.device("meta"):
-        shapes = {k: tuple(v.shape) for k, v in ZipMap(get_config(case)).state_dict().items()}
+        shapes = {k: tuple(v.shape) for k, v in ZipMap(cfg).state_dict().items()}
     tensors = {k: torch.from_numpy(fill_value(k, s, seed)) for k, s in shapes.items()}
     save_file(tensors, str(path))
 
@@ -128,7 +128,10 @@ def run_fixture(model: ZipMap, fixture) -> dict[str, np.ndarray]:
     return ours
 
 
-def verify(fixture_path: str, tolerance: float = 1e-5, workdir: str | None = None, out=sys.stdout) -> bool:
+def verify(fixture_path: str, tolerance: float = 1e-5, workdir: str | None = None, preset: str | None = None,
+           out=sys.stdout) -> bool:
+    """Check one fixture; ``preset`` replaces the case's official-size preset (same mode, e.g.
+    ``tiny_streaming`` for a fixture made at a small size)."""
     fixture = np.load(fixture_path)
     case, seed = str(fixture["case"]), int(fixture["seed"])
     if case not in CASES:
@@ -136,8 +139,8 @@ def verify(fixture_path: str, tolerance: float = 1e-5, workdir: str | None = Non
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=workdir, prefix="zipmap-verify-") as tmp:
         ckpt = Path(tmp) / f"{case}-seed{seed}.safetensors"
-        write_filled_checkpoint(case, seed, ckpt)
-        cfg = get_config(case, ns_dtype="input")
+        cfg = get_config(preset or case, ns_dtype="input")
+        write_filled_checkpoint(cfg, seed, ckpt)
         model = load_zipmap(str(ckpt), cfg, dtype=torch.float64)
     t_build = time.perf_counter() - t0
     ours = run_fixture(model, fixture)
@@ -165,9 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("fixture", help="path to a reference fixture .npz")
     parser.add_argument("--tolerance", type=float, default=1e-5)
     parser.add_argument("--workdir", default=None, help="where the temporary filled checkpoint goes")
+    parser.add_argument("--preset", default=None,
+                        help="build this preset instead of the case's official size (same mode)")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
-    return 0 if verify(args.fixture, args.tolerance, args.workdir) else 1
+    return 0 if verify(args.fixture, args.tolerance, args.workdir, args.preset) else 1
 
 
 if __name__ == "__main__":

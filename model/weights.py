@@ -101,23 +101,25 @@ def read_state_dict(url: str, use_ema: bool = False, storage_options: Mapping[st
 
 
 def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, Any], source: str) -> None:
-    """Raise :class:`CheckpointError` naming every missing, unexpected or mis-shaped entry."""
+    """Raise :class:`CheckpointError` naming the missing, unexpected and mis-shaped entries."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    problems = []
-    for key in sorted(set(expected) - set(state_dict)):
-        problems.append(f"missing key {key!r} (expected shape {expected[key]})")
-    for key in sorted(set(state_dict) - set(expected)):
-        problems.append(f"unexpected key {key!r}")
+    missing = [f"{k!r} (expected shape {expected[k]})" for k in sorted(set(expected) - set(state_dict))]
+    unexpected = [repr(k) for k in sorted(set(state_dict) - set(expected))]
+    mismatched = []
     for key in sorted(set(expected) & set(state_dict)):
         value = state_dict[key]
         if not isinstance(value, torch.Tensor):
-            problems.append(f"key {key!r} holds a {type(value).__name__}, not a tensor")
+            mismatched.append(f"{key!r} holds a {type(value).__name__}, not a tensor")
         elif tuple(value.shape) != expected[key]:
-            problems.append(f"key {key!r} has shape {tuple(value.shape)}, expected {expected[key]}")
-    if problems:
-        shown = "; ".join(problems[:10])
-        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
-        raise CheckpointError(f"{source}: checkpoint does not match the network: {shown}{more}")
+            mismatched.append(f"{key!r} has shape {tuple(value.shape)}, expected {expected[key]}")
+    groups = [("missing key", missing), ("unexpected key", unexpected), ("wrong entry", mismatched)]
+    parts = []
+    for label, items in groups:
+        if items:
+            more = f" and {len(items) - 5} more" if len(items) > 5 else ""
+            parts.append(f"{len(items)} {label}{'s' if len(items) > 1 else ''}: {', '.join(items[:5])}{more}")
+    if parts:
+        raise CheckpointError(f"{source}: checkpoint does not match the network: " + "; ".join(parts))
 
 
 def load_state_dict_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str,
