@@ -128,7 +128,8 @@ def main(argv=None) -> int:
               f"{cell(b, 'peak_mb', '{:.0f}')} | {f'{ratio:.2f}' if ratio else 'n/a'} |")
     print(f"\ncrossover (first N where the baseline is slower): {crossover}")
     if args.json:
-        Path(args.json).write_text(json.dumps([{"frames": n, "zipmap": z, "baseline": b} for n, z, b in rows], indent=1))
+        points = [{"frames": n, "zipmap": z, "baseline": b} for n, z, b in rows]
+        Path(args.json).write_text(json.dumps(points, indent=1))
     return 0
 
 

@@ -14,7 +14,7 @@ baseline used in benchmarks.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from errors import ConfigError
 
@@ -124,7 +125,7 @@ class ZipMapConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ZipMapConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> ZipMapConfig:
         """Build a config from plain data; unknown keys and wrongly typed values are errors."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
@@ -149,10 +150,10 @@ class ZipMapConfig:
         return cls(**kwargs)
 
     @classmethod
-    def from_json(cls, text: str) -> "ZipMapConfig":
+    def from_json(cls, text: str) -> ZipMapConfig:
         return cls.from_dict(json.loads(text))
 
-    def replace(self, **changes: Any) -> "ZipMapConfig":
+    def replace(self, **changes: Any) -> ZipMapConfig:
         return self.from_dict({**self.to_dict(), **changes})
 
     # --- derived quantities ---------------------------------------------------------------------

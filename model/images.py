@@ -7,8 +7,8 @@ is resized to a width of 518 pixels keeping its aspect ratio, the height rounded
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch

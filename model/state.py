@@ -43,11 +43,11 @@ class SceneState:
     def dtype(self) -> torch.dtype:
         return self.layers[0][0].dtype
 
-    def to(self, device=None, dtype=None) -> "SceneState":
+    def to(self, device=None, dtype=None) -> SceneState:
         layers = tuple(tuple(w.to(device=device, dtype=dtype) for w in layer) for layer in self.layers)
         return SceneState(layers, self.batch_size)  # type: ignore[arg-type]
 
-    def detach(self) -> "SceneState":
+    def detach(self) -> SceneState:
         return SceneState(tuple(tuple(w.detach() for w in layer) for layer in self.layers), self.batch_size)  # type: ignore[arg-type]
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -63,7 +63,7 @@ class SceneState:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], batch_size: int = 1, device=None, dtype=None,
-                    ) -> "SceneState":
+                    ) -> SceneState:
         """Inverse of :meth:`to_arrays`; missing or extra names are an error that names them."""
         n = len(arrays) // len(WEIGHT_NAMES)
         expected = {f"{i}.{w}" for i in range(n) for w in WEIGHT_NAMES}

@@ -24,7 +24,8 @@ only projects, reshapes and calls them.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -54,18 +55,31 @@ def newton_schulz(g: torch.Tensor, steps: int, dtype: torch.dtype | None = torch
 
     The iteration runs in ``dtype`` (bfloat16 in the published model; ``None`` keeps ``g``'s
     dtype) and the result is returned in that dtype. Cost: ``steps * (4 m^2 n + 2 m^3)`` FLOPs per
-    matrix with ``m = min(m, n)``.
+    matrix with ``m = min(m, n)``. On CPU, where bfloat16 GEMMs are tens of times slower than
+    float32 ones, bfloat16 is emulated: float32 arithmetic with every intermediate rounded to
+    bfloat16, which is what a bf16 GEMM with float32 accumulation produces.
     """
     a, b, c = NS_COEFFS
-    x = g.to(dtype) if dtype is not None else g
+    emulate = dtype == torch.bfloat16 and g.device.type == "cpu"
+    if emulate:
+        def r(t: torch.Tensor) -> torch.Tensor:
+            return t.to(torch.bfloat16).float()
+
+        x = r(g.float())
+    else:
+        def r(t: torch.Tensor) -> torch.Tensor:
+            return t
+
+        x = g.to(dtype) if dtype is not None else g
     tall = g.shape[-2] > g.shape[-1]
     if tall:  # iterate on the wide orientation so that X X^T is the small Gram matrix
         x = x.transpose(-1, -2)
-    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # spectral norm <= Frobenius norm <= 1
+    x = r(x / r(r(x.norm(dim=(-2, -1), keepdim=True)) + 1e-7))  # spectral norm <= Frobenius <= 1
     for _ in range(steps):
-        gram = x @ x.transpose(-1, -2)
-        x = a * x + (b * gram + c * gram @ gram) @ x
-    return x.transpose(-1, -2) if tall else x
+        gram = r(x @ x.transpose(-1, -2))
+        x = r(r(a * x) + r(r(r(b * gram) + r(c * r(gram @ gram))) @ x))
+    x = x.transpose(-1, -2) if tall else x
+    return x.to(torch.bfloat16) if emulate else x
 
 
 def swiglu_apply(w0: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import ROOT, SHARED
+
 from model import ZipMap, get_config
 
 FIXTURES = SHARED / "reference" / "fixtures"

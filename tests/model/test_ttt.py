@@ -56,7 +56,7 @@ def test_newton_schulz_dtype_setting():
     assert newton_schulz(G, 5, dtype=None).dtype == torch.float32
     lo = newton_schulz(G, 5).float()
     hi = newton_schulz(G, 5, dtype=None)
-    assert (lo - hi).norm() / hi.norm() < 0.05
+    assert (lo - hi).norm() / hi.norm() < 0.1  # bf16 rounding, amplified by the iteration
 
 
 def test_schedule_offline_equals_single_window_and_windows_differ():
@@ -108,4 +108,18 @@ def test_module_rejects_schedules_that_skip_tokens():
 
 
 def test_learning_rate_offset():
-    assert abs(torch.nn.functional.softplus(torch.tensor(inverse_softplus(0.01), dtype=torch.float64)).item() - 0.01) < 1e-12
+    x = torch.tensor(inverse_softplus(0.01), dtype=torch.float64)
+    assert abs(torch.nn.functional.softplus(x).item() - 0.01) < 1e-12
+
+
+def test_cpu_bfloat16_emulation_tracks_true_bfloat16():
+    G = torch.randn(3, 64, 128, generator=torch.Generator().manual_seed(4))
+    emulated = newton_schulz(G, 5).float()  # CPU: float32 arithmetic rounded to bf16
+    true_bf16 = newton_schulz(G.bfloat16(), 5, dtype=None)  # real bf16 GEMMs
+    assert emulated.dtype == torch.float32 and true_bf16.dtype == torch.bfloat16
+    exact = newton_schulz(G.double(), 5, dtype=None)
+    err_emul = (emulated.double() - exact).norm() / exact.norm()
+    err_true = (true_bf16.double() - exact).norm() / exact.norm()
+    # both carry bf16-level error of the same size, and agree with each other to that level
+    assert 1e-4 < err_emul < 5e-2 and 1e-4 < err_true < 5e-2
+    assert (emulated.double() - true_bf16.double()).norm() / exact.norm() < 5e-2

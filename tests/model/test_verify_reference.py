@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT
+
 from model import get_config
 from model.verify_reference import run_fixture, write_filled_checkpoint
 from model.weights import load_zipmap

@@ -113,3 +113,27 @@ def test_load_from_s3(tiny, s3_bucket, tmp_path, monkeypatch):
     assert len(cached) == 1
     with pytest.raises(CheckpointError, match="not found"):
         load_zipmap(f"s3://{bucket}/official/absent.pt", CFG, storage_options=opts)
+
+
+def test_load_over_https_url(tiny, tmp_path, monkeypatch):
+    """An http(s) URL goes through fsspec's HTTP filesystem (a local server on 127.0.0.1 here)."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "www"
+    served.mkdir()
+    torch.save({"model": tiny.state_dict()}, served / "checkpoint.pt")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("ZIPMAP_CACHE", str(tmp_path / "cache"))
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/checkpoint.pt"
+        _same_weights(tiny, load_zipmap(url, CFG))
+        with pytest.raises(CheckpointError, match="absent.pt"):
+            load_zipmap(url.replace("checkpoint.pt", "absent.pt"), CFG)
+    finally:
+        server.shutdown()
+        server.server_close()
