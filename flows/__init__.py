@@ -1,0 +1,1 @@
+"""Prefect flows: orchestration only (wiring tasks together; no computation of their own)."""

@@ -1,0 +1,1 @@
+"""Storage: URLs (fsspec, s3fs), collection readers, Zarr/xarray writers."""
