@@ -186,6 +186,14 @@ _TINY = dict(
     dpt_features=16, dpt_out_channels=(8, 16, 32, 32), img_size=56,
 )
 
+# The bundled CPU model (trained on generated city blocks): ~10 M parameters, reference-view tokens
+# (the first frame anchors the coordinate frame), 168-pixel-wide inputs.
+_CITY = dict(
+    embed_dim=192, num_heads=3, depth=6, patch_embed="conv", intermediate_layers=(1, 2, 4, 5),
+    ttt_head_dim=192, camera_num_heads=3, camera_trunk_depth=2, dpt_features=64,
+    dpt_out_channels=(48, 96, 192, 192), img_size=168, affine_invariant=False,
+)
+
 PRESETS: dict[str, ZipMapConfig] = {
     "main": _OFFICIAL,
     "ref_view": _OFFICIAL.replace(affine_invariant=False),
@@ -194,6 +202,7 @@ PRESETS: dict[str, ZipMapConfig] = {
     "small": _OFFICIAL.replace(**_SMALL),
     "small_streaming": _OFFICIAL.replace(**_SMALL, camera_head="mlp", default_window=1),
     "small_state_query": _OFFICIAL.replace(**_SMALL, affine_invariant=False, enable_nvs=True),
+    "city": _OFFICIAL.replace(**_CITY),
     "tiny": _OFFICIAL.replace(**_TINY),
     "tiny_ref_view": _OFFICIAL.replace(**_TINY, affine_invariant=False),
     "tiny_streaming": _OFFICIAL.replace(**_TINY, camera_head="mlp", default_window=1),

@@ -9,8 +9,9 @@ The pose encoding ``absT_quaR_FoV`` (VGGT, ZipMap) is ``[t (3), q (4), fov_h, fo
 ``fov_h = 2 atan(H / (2 fy))`` and ``fov_w = 2 atan(W / (2 fx))``; decoding puts the principal
 point at the image centre.
 
-Pixel conventions follow the published training code: depth maps unproject at integer pixel
-coordinates ``(u, v) = (column, row)``; ray maps pass through pixel centres ``(u + 0.5, v + 0.5)``.
+Pixel centres: pixel (column u, row v) is the point ``(u + 0.5, v + 0.5)`` in image coordinates, for
+unprojection and for ray maps alike (the collection format's convention). The published training
+code unprojects depth at ``(u, v)``; ``pixel_offset=0.0`` reproduces that.
 """
 
 from __future__ import annotations
@@ -92,11 +93,11 @@ def invert_rigid(T: torch.Tensor) -> torch.Tensor:
     return torch.cat([Rt, -Rt @ t], dim=-1)
 
 
-def cam_points_from_depth(depth: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tensor:
+def cam_points_from_depth(depth: torch.Tensor, intrinsics: torch.Tensor, pixel_offset: float = 0.5) -> torch.Tensor:
     """Depth ``[..., H, W]`` (z along the optical axis) -> camera-frame points ``[..., H, W, 3]``."""
     H, W = depth.shape[-2:]
-    v, u = torch.meshgrid(torch.arange(H, dtype=depth.dtype, device=depth.device),
-                          torch.arange(W, dtype=depth.dtype, device=depth.device), indexing="ij")
+    v, u = torch.meshgrid(torch.arange(H, dtype=depth.dtype, device=depth.device) + pixel_offset,
+                          torch.arange(W, dtype=depth.dtype, device=depth.device) + pixel_offset, indexing="ij")
     K = intrinsics[..., None, None, :, :]
     x = (u - K[..., 0, 2]) / K[..., 0, 0] * depth
     y = (v - K[..., 1, 2]) / K[..., 1, 1] * depth
@@ -104,9 +105,9 @@ def cam_points_from_depth(depth: torch.Tensor, intrinsics: torch.Tensor) -> torc
 
 
 def world_points_from_depth(depth: torch.Tensor, cam_from_world: torch.Tensor, intrinsics: torch.Tensor,
-                            ) -> torch.Tensor:
+                            pixel_offset: float = 0.5) -> torch.Tensor:
     """Depth ``[..., H, W]`` -> world points ``[..., H, W, 3]`` through ``cam_from_world`` ``[..., 3, 4]``."""
-    cam = cam_points_from_depth(depth, intrinsics)
+    cam = cam_points_from_depth(depth, intrinsics, pixel_offset)
     world_from_cam = invert_rigid(cam_from_world)[..., None, None, :, :]
     return (world_from_cam[..., :3, :3] @ cam.unsqueeze(-1)).squeeze(-1) + world_from_cam[..., :3, 3]
 

@@ -35,6 +35,8 @@ from .config import ZipMapConfig, get_config
 from .zipmap import ZipMap
 
 CONFIG_METADATA_KEY = "zipmap_config"
+BUNDLED_DIR = Path(__file__).resolve().parent / "checkpoints"
+BUNDLED_NAME = "zipmap_city_small.safetensors"
 
 
 def _is_local(url: str) -> bool:
@@ -192,3 +194,25 @@ def save_checkpoint(model: ZipMap, url: str, storage_options: Mapping[str, Any] 
     fs.pipe_file(path[: -len(".safetensors")] + ".json", cfg_json.encode())
     fs.pipe_file(path, payload)
     return url
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def bundled_checkpoint() -> str:
+    """Path of the checkpoint shipped inside the package, after checking its sha256."""
+    path = BUNDLED_DIR / BUNDLED_NAME
+    if not path.exists():
+        raise CheckpointError(f"{path}: the bundled checkpoint is not in this installation")
+    expected_file = path.with_suffix(".sha256")
+    if expected_file.exists():
+        expected = expected_file.read_text().split()[0]
+        actual = sha256_of(path)
+        if actual != expected:
+            raise CheckpointError(f"{path}: sha256 {actual} does not match {expected_file.name} ({expected})")
+    return str(path)

@@ -67,8 +67,10 @@ def test_depth_unprojection_and_world_points():
     # projecting camera points back gives the pixel grid
     u = cam[..., 0] / cam[..., 2] * 100 + 8
     v = cam[..., 1] / cam[..., 2] * 120 + 6
-    torch.testing.assert_close(u[0, 0], torch.arange(16, dtype=torch.float64))
-    torch.testing.assert_close(v[0, :, 0], torch.arange(12, dtype=torch.float64))
+    torch.testing.assert_close(u[0, 0], torch.arange(16, dtype=torch.float64) + 0.5)  # pixel centres
+    torch.testing.assert_close(v[0, :, 0], torch.arange(12, dtype=torch.float64) + 0.5)
+    legacy = cam_points_from_depth(depth, K, pixel_offset=0.0)  # the published training code's grid
+    torch.testing.assert_close(legacy[0, 0, :, 0] / legacy[0, 0, :, 2] * 100 + 8, torch.arange(16, dtype=torch.float64))
     world = world_points_from_depth(depth, ext, K)
     torch.testing.assert_close(world, world_points_from_cam_points(cam, ext))
     back = (ext[:, None, None, :3, :3] @ world.unsqueeze(-1)).squeeze(-1) + ext[:, None, None, :3, 3]

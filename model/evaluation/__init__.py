@@ -1,0 +1,1 @@
+"""Evaluation of reconstructions against ground truth: metrics and the evaluate command."""

@@ -1,0 +1,1 @@
+"""Training the network on generated city blocks: losses and the training loop."""

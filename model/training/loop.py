@@ -1,0 +1,190 @@
+"""Training on generated city blocks: AdamW, warm-up + cosine decay, checkpoint and resume.
+
+    python -m model.training --out runs/city --steps 20000 [--device cuda] [--preset city]
+
+Each step renders (in a background worker) one synthetic collection with a random camera path and
+a random number of frames (``--min-frames`` to ``--max-frames``, so the model sees many N), runs the
+network, and minimises :func:`model.training.losses.total_loss`. ``OUT/last.pt`` holds everything
+needed to resume (model, optimizer, step, RNG); a run started with an existing ``OUT`` continues
+where it stopped. ``OUT/log.csv`` gets one row per logged step; ``OUT/weights-<step>.safetensors``
+(+ JSON config) are inference snapshots. On CUDA the forward pass runs under bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import get_config
+from ..weights import save_checkpoint
+from ..zipmap import ZipMap
+from .losses import total_loss
+
+PATH_KINDS = ("street", "orbit", "aerial", "handheld")
+HELD_OUT_SEED_START = 1_000_000  # evaluation scenes use seeds from here on; training never does
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out: str = "runs/city"
+    preset: str = "city"
+    steps: int = 20000
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.05
+    warmup: int = 300
+    grad_clip: float = 1.0
+    min_frames: int = 2
+    max_frames: int = 16
+    height: int = 112
+    width: int = 168
+    path_kinds: tuple[str, ...] = PATH_KINDS
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 200
+    snapshot_every: int = 1000
+    device: str = "cpu"
+    workers: int = 1
+    overfit: bool = False  # repeat one collection every step (debugging, tests)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class SyntheticStream(torch.utils.data.IterableDataset):
+    """An endless stream of rendered training collections, reproducible from (seed, step)."""
+
+    def __init__(self, cfg: TrainConfig, start_step: int):
+        self.cfg, self.start_step = cfg, start_step
+
+    def __iter__(self):
+        from ..synthetic import generate_sample
+
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        step = self.start_step + wid
+        while True:
+            rng = random.Random(self.cfg.seed * 1_000_003 + (0 if self.cfg.overfit else step))
+            sample = generate_sample(
+                scene_seed=rng.randrange(HELD_OUT_SEED_START),
+                path_kind=rng.choice(self.cfg.path_kinds),
+                num_frames=rng.randint(self.cfg.min_frames, self.cfg.max_frames),
+                height=self.cfg.height, width=self.cfg.width,
+            )
+            yield {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sample.items()}
+            step += nw
+
+
+def _save_state(path: Path, model, optimizer, step: int, cfg: TrainConfig) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "train_config": dataclasses.asdict(cfg), "model_config": model.cfg.to_dict(),
+                "torch_rng": torch.get_rng_state()}, tmp)
+    os.replace(tmp, path)  # a crash mid-write never leaves a broken last.pt
+
+
+def train(cfg: TrainConfig, log=print) -> Path:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = ZipMap(get_config(cfg.preset)).to(device)
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2 and "token" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and (p.ndim < 2 or "token" in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    step = 0
+    state_path = out / "last.pt"
+    if state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        step = int(state["step"])
+        log(f"resumed from {state_path} at step {step}")
+    (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    log_path = out / "log.csv"
+    fields = ["step", "wall_s", "lr", "loss", "camera", "depth", "points", "frames", "sec_per_step"]
+    new_log = not log_path.exists()
+    loader = torch.utils.data.DataLoader(SyntheticStream(cfg, step), batch_size=None, num_workers=cfg.workers,
+                                         prefetch_factor=2 if cfg.workers else None,
+                                         persistent_workers=bool(cfg.workers))
+    use_amp = device.type == "cuda"
+    model.train()
+    t_start, t_last = time.time(), time.time()
+    with open(log_path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        if new_log:
+            writer.writeheader()
+        for sample in loader:
+            if step >= cfg.steps:
+                break
+            batch = {k: v.to(device)[None] for k, v in sample.items()}
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                pred = model(batch["images"].float(), window=0)
+            loss, terms = total_loss(pred, {k: v.float() for k, v in batch.items()})
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            step += 1
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                now = time.time()
+                row = {"step": step, "wall_s": round(now - t_start, 1), "lr": f"{lr_at(step - 1, cfg):.3g}",
+                       "loss": f"{float(loss):.5f}", "frames": batch["images"].shape[1],
+                       "sec_per_step": f"{(now - t_last) / cfg.log_every:.3f}",
+                       **{k: f"{terms.get(k, float('nan')):.5f}" for k in ("camera", "depth", "points")}}
+                t_last = now
+                writer.writerow(row)
+                f.flush()
+                log(" ".join(f"{k}={v}" for k, v in row.items()))
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                _save_state(state_path, model, optimizer, step, cfg)
+            if step % cfg.snapshot_every == 0 or step == cfg.steps:
+                save_checkpoint(model, str(out / f"weights-{step:06d}.safetensors"))
+    return state_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    defaults = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m model.training", description=__doc__.split("\n")[0])
+    for field in dataclasses.fields(TrainConfig):
+        value = getattr(defaults, field.name)
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(value, tuple):
+            p.add_argument(flag, nargs="+", default=list(value))
+        elif isinstance(value, bool):
+            p.add_argument(flag, action="store_true", default=value)
+        else:
+            p.add_argument(flag, type=type(value), default=value)
+    args = vars(p.parse_args(argv))
+    cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
+    unknown = set(cfg.path_kinds) - set(PATH_KINDS)
+    if unknown:
+        p.error(f"unknown path kinds {sorted(unknown)}; known {PATH_KINDS}")
+    torch.set_float32_matmul_precision("high")
+    train(cfg, log=lambda msg: print(msg, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

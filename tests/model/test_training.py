@@ -1,0 +1,51 @@
+"""Training: the losses are right on known cases, and a short run lowers the loss and resumes."""
+
+import csv
+
+import torch
+
+from model.geometry import quat_to_mat
+from model.training.loop import TrainConfig, lr_at, train
+from model.training.losses import normalize_scene
+
+
+def test_normalize_scene_puts_the_first_camera_at_the_origin_with_unit_scale():
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 3, 4, generator=g)
+    R = quat_to_mat(q / q.norm(dim=-1, keepdim=True))
+    cams = torch.cat([R, torch.randn(1, 3, 3, 1, generator=g) * 5], dim=-1)
+    K = torch.tensor([[20.0, 0, 8], [0, 20.0, 6], [0, 0, 1]]).expand(1, 3, 3, 3)
+    depth = torch.rand(1, 3, 12, 16, generator=g) * 10 + 1
+    rel, d, local = normalize_scene(cams, depth, K)
+    torch.testing.assert_close(rel[0, 0], torch.eye(4)[:3], atol=1e-5, rtol=0)
+    # scaling the whole world changes nothing after normalisation
+    big = torch.cat([cams[..., :3], cams[..., 3:] * 7], dim=-1)
+    rel2, d2, local2 = normalize_scene(big, depth * 7, K)
+    torch.testing.assert_close(rel2, rel, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(d2, d, atol=1e-5, rtol=1e-4)
+    # the mean distance of the points to the first camera is 1 after normalisation
+    first_pts = local[0, 0].reshape(-1, 3)
+    assert 0.2 < first_pts.norm(dim=-1).mean() < 5
+
+
+def test_learning_rate_schedule():
+    cfg = TrainConfig(steps=100, warmup=10, lr=1e-3, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == 1e-4 and lr_at(9, cfg) == 1e-3
+    assert abs(lr_at(100, cfg) - 1e-4) < 1e-12 and lr_at(50, cfg) < lr_at(20, cfg)
+
+
+def test_short_run_lowers_the_loss_and_resumes(tmp_path):
+    cfg = TrainConfig(out=str(tmp_path / "run"), preset="tiny_ref_view", steps=40, lr=2e-3, warmup=5,
+                      min_frames=3, max_frames=3, height=28, width=42, log_every=5, checkpoint_every=20,
+                      snapshot_every=40, workers=0, overfit=True)
+    train(cfg, log=lambda *_: None)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+    losses = [float(r["loss"]) for r in rows]
+    assert len(rows) == 8 and losses[-1] < 0.7 * losses[0], losses
+    assert (tmp_path / "run" / "weights-000040.safetensors").exists()
+    # a second call with more steps continues from step 40
+    train(TrainConfig(**{**cfg.__dict__, "steps": 50}), log=lambda *_: None)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+    assert [int(r["step"]) for r in rows][-2:] == [45, 50]
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state["step"] == 50
