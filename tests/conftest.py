@@ -50,3 +50,16 @@ def s3_bucket(s3_endpoint):
     fs.invalidate_cache()
     yield name, opts
     fs.rm(name, recursive=True)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One real temporary Prefect server (SQLite in a temp PREFECT_HOME) for the whole session."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

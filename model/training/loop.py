@@ -150,7 +150,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.time()
                 row = {"step": step, "wall_s": round(now - t_start, 1), "lr": f"{lr_at(step - 1, cfg):.3g}",
-                       "loss": f"{float(loss):.5f}", "frames": batch["images"].shape[1],
+                       "loss": f"{loss.item():.5f}", "frames": batch["images"].shape[1],
                        "sec_per_step": f"{(now - t_last) / cfg.log_every:.3f}",
                        **{k: f"{terms.get(k, float('nan')):.5f}" for k in ("camera", "depth", "points")}}
                 t_last = now
