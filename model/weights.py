@@ -180,12 +180,18 @@ def load_zipmap(
     return model.eval()
 
 
-def save_checkpoint(model: ZipMap, url: str, storage_options: Mapping[str, Any] | None = None) -> str:
-    """Write ``model`` as ``url`` (``.safetensors``) plus the JSON config beside it; returns ``url``."""
+def save_checkpoint(model: ZipMap, url: str, storage_options: Mapping[str, Any] | None = None,
+                    dtype: torch.dtype | None = None) -> str:
+    """Write ``model`` as ``url`` (``.safetensors``) plus the JSON config beside it; returns ``url``.
+
+    ``dtype`` (e.g. ``torch.float16``) stores floating tensors at lower precision to halve the file;
+    loading casts them back to the requested compute dtype.
+    """
     if not url.endswith(".safetensors"):
         raise CheckpointError(f"{url}: our checkpoints are .safetensors files")
     cfg_json = model.cfg.to_json()
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().cpu().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous()
+               for k, v in model.state_dict().items()}
     payload = safetensors_bytes(tensors, metadata={CONFIG_METADATA_KEY: cfg_json})
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     parent = path.rsplit("/", 1)[0] if "/" in path else ""

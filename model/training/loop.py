@@ -58,6 +58,7 @@ class TrainConfig:
     device: str = "cpu"
     workers: int = 1
     overfit: bool = False  # repeat one collection every step (debugging, tests)
+    init_from: str = ""  # weights (.safetensors) to start a new run from, when OUT has no last.pt
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -119,6 +120,11 @@ def train(cfg: TrainConfig, log=print) -> Path:
         torch.set_rng_state(state["torch_rng"].cpu())
         step = int(state["step"])
         log(f"resumed from {state_path} at step {step}")
+    elif cfg.init_from:
+        from ..weights import load_state_dict_into, read_state_dict
+
+        load_state_dict_into(model, read_state_dict(cfg.init_from), cfg.init_from, device=device)
+        log(f"initialised from {cfg.init_from}")
     (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     log_path = out / "log.csv"
     fields = ["step", "wall_s", "lr", "loss", "camera", "depth", "points", "frames", "sec_per_step"]
