@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 run: $(STAMP)
-	$(PY) -m model.predict --demo --preset small --out predictions.npz
+	$(VENV)/bin/zipmap demo --out demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,6 +1,7 @@
 """The ``zipmap`` command line.
 
     zipmap evaluate COLLECTION [COLLECTION ...] [--weights W] --json OUT.json
+    zipmap demo [--out demo]  (generate city blocks, reconstruct them with the bundled model, score)
     zipmap predict ...        (same as python -m model.predict)
     zipmap verify FIXTURE.npz (same as python -m model.verify_reference)
 """
@@ -27,6 +28,31 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    """Generate held-out city-block collections, reconstruct them with the bundled model, score them."""
+    from pathlib import Path
+
+    from model.evaluation.evaluate import evaluate, format_table, write_report
+    from model.synthetic import write_collection
+    from model.training.loop import HELD_OUT_SEED_START
+    from model.weights import bundled_checkpoint, load_zipmap
+
+    out = Path(args.out)
+    urls = []
+    for i, kind in enumerate(args.paths):
+        url = out / "collections" / f"{kind}-{HELD_OUT_SEED_START + i}"
+        if not (url / "cameras.json").exists():
+            write_collection(str(url), HELD_OUT_SEED_START + i, kind, args.frames, args.size[0], args.size[1])
+        urls.append(str(url))
+    weights = args.weights or bundled_checkpoint()
+    report = evaluate(load_zipmap(weights, device=args.device), urls)
+    report["weights"] = weights
+    write_report(report, str(out / "report.json"))
+    print(format_table(report))
+    print(f"collections in {out / 'collections'}, report {out / 'report.json'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "predict":
@@ -45,10 +71,17 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--preset", default=None, help="preset for .pt checkpoints (default: JSON beside the file)")
     ev.add_argument("--json", required=True, help="where to write the JSON report")
     ev.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    demo = sub.add_parser("demo", help="generate city-block collections, reconstruct and score them")
+    demo.add_argument("--out", default="demo")
+    demo.add_argument("--paths", nargs="+", default=["street", "orbit", "aerial", "handheld"])
+    demo.add_argument("--frames", type=int, default=16)
+    demo.add_argument("--size", type=int, nargs=2, default=[112, 168], metavar=("H", "W"))
+    demo.add_argument("--weights", default=None, help="checkpoint URL (default: the bundled model)")
+    demo.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     sub.add_parser("predict", help="run the network on photos (see python -m model.predict -h)")
     sub.add_parser("verify", help="check parity with a reference fixture")
     args = parser.parse_args(argv)
-    return {"evaluate": _evaluate}[args.command](args)
+    return {"evaluate": _evaluate, "demo": _demo}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -93,9 +93,9 @@ class SyntheticStream(torch.utils.data.IterableDataset):
             step += nw
 
 
-def _save_state(path: Path, model, optimizer, step: int, cfg: TrainConfig) -> None:
+def _save_state(path: Path, model, optimizer, step: int, cfg: TrainConfig, wall_s: float) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "wall_s": wall_s,
                 "train_config": dataclasses.asdict(cfg), "model_config": model.cfg.to_dict(),
                 "torch_rng": torch.get_rng_state()}, tmp)
     os.replace(tmp, path)  # a crash mid-write never leaves a broken last.pt
@@ -111,7 +111,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and (p.ndim < 2 or "token" in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
-    step = 0
+    step, wall_before = 0, 0.0
     state_path = out / "last.pt"
     if state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=True)
@@ -119,6 +119,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"].cpu())
         step = int(state["step"])
+        wall_before = float(state.get("wall_s", 0.0))
         log(f"resumed from {state_path} at step {step}")
     elif cfg.init_from:
         from ..weights import load_state_dict_into, read_state_dict
@@ -134,7 +135,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
                                          persistent_workers=bool(cfg.workers))
     use_amp = device.type == "cuda"
     model.train()
-    t_start, t_last = time.time(), time.time()
+    t_start, t_last = time.time() - wall_before, time.time()  # wall_s counts across resumed runs
     with open(log_path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         if new_log:
@@ -164,7 +165,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
                 f.flush()
                 log(" ".join(f"{k}={v}" for k, v in row.items()))
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                _save_state(state_path, model, optimizer, step, cfg)
+                _save_state(state_path, model, optimizer, step, cfg, time.time() - t_start)
             if step % cfg.snapshot_every == 0 or step == cfg.steps:
                 save_checkpoint(model, str(out / f"weights-{step:06d}.safetensors"))
     return state_path
