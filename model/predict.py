@@ -6,9 +6,9 @@
 Writes one ``.npz`` with ``pose_enc`` ``[S, 9]``, ``cam_from_world`` ``[S, 3, 4]``, ``intrinsics``
 ``[S, 3, 3]``, ``depth`` ``[S, H, W]``, ``depth_conf``, ``local_points`` ``[S, H, W, 3]``,
 ``world_points`` ``[S, H, W, 3]`` (local points moved by the predicted cameras) and ``images``.
-``--checkpoint`` takes any fsspec URL (local path, ``s3://``, ``https://``). Without a checkpoint,
-``--random-init`` runs the architecture with random weights (for smoke tests and timing only);
-``--demo`` also generates a few images instead of reading them.
+``--checkpoint`` takes any fsspec URL (local path, ``s3://``, ``https://``); without it the bundled
+checkpoint is used. ``--random-init`` runs the architecture with random weights (smoke tests and
+timing only); ``--demo`` generates a few images instead of reading them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 from .config import get_config
 from .geometry import cameras_from_pose_encoding, world_points_from_cam_points
 from .images import image_files, load_images
-from .weights import load_zipmap
+from .weights import bundled_checkpoint, load_zipmap
 from .zipmap import ZipMap
 
 
@@ -57,7 +57,7 @@ def predict(model: ZipMap, images: torch.Tensor, window: int | None = None) -> d
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m model.predict", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", help="checkpoint URL (.pt or .safetensors)")
+    p.add_argument("--checkpoint", help="checkpoint URL (.pt or .safetensors; default: the bundled model)")
     p.add_argument("--preset", default=None, help="main, ref_view, streaming, state_query, small, ... "
                    "(default: read the JSON config beside a .safetensors checkpoint)")
     p.add_argument("--images", nargs="*", default=[], help="image files or one folder")
@@ -69,14 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--demo", action="store_true", help="generate images instead of reading them")
     args = p.parse_args(argv)
 
-    if args.checkpoint:
-        model = load_zipmap(args.checkpoint, args.preset, device=args.device, use_ema=args.ema)
-    elif args.random_init or args.demo:
+    if args.random_init:
         torch.manual_seed(0)
         model = ZipMap(get_config(args.preset or "small")).to(args.device).eval()
         print("warning: random weights, predictions are meaningless", file=sys.stderr)
     else:
-        p.error("give --checkpoint (or --random-init for a smoke test)")
+        checkpoint = args.checkpoint or bundled_checkpoint()
+        model = load_zipmap(checkpoint, args.preset, device=args.device, use_ema=args.ema)
     if args.demo:
         images = demo_images()
     elif len(args.images) == 1 and Path(args.images[0]).is_dir():
