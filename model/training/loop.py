@@ -50,6 +50,9 @@ class TrainConfig:
     max_frames: int = 16
     height: int = 112
     width: int = 168
+    # Optional mix of input sizes "HxW" (multiples of 14), one drawn per step: low resolutions make
+    # steps cheaper, the mix keeps the network working at every size. Empty = height x width only.
+    sizes: tuple[str, ...] = ()
     path_kinds: tuple[str, ...] = PATH_KINDS
     seed: int = 0
     log_every: int = 10
@@ -83,12 +86,14 @@ class SyntheticStream(torch.utils.data.IterableDataset):
         step = self.start_step + wid
         while True:
             rng = random.Random(self.cfg.seed * 1_000_003 + (0 if self.cfg.overfit else step))
-            sample = generate_sample(
-                scene_seed=rng.randrange(HELD_OUT_SEED_START),
-                path_kind=rng.choice(self.cfg.path_kinds),
-                num_frames=rng.randint(self.cfg.min_frames, self.cfg.max_frames),
-                height=self.cfg.height, width=self.cfg.width,
-            )
+            scene_seed = rng.randrange(HELD_OUT_SEED_START)
+            kind = rng.choice(self.cfg.path_kinds)
+            frames = rng.randint(self.cfg.min_frames, self.cfg.max_frames)
+            height, width = self.cfg.height, self.cfg.width
+            if self.cfg.sizes:
+                height, width = (int(v) for v in rng.choice(self.cfg.sizes).lower().split("x"))
+            sample = generate_sample(scene_seed=scene_seed, path_kind=kind, num_frames=frames,
+                                     height=height, width=width)
             yield {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sample.items()}
             step += nw
 
