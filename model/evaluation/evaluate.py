@@ -62,12 +62,12 @@ def gt_points(coll: Collection) -> np.ndarray:
     return pts[torch.from_numpy(coll.depth > 0)].numpy()
 
 
-def score(coll: Collection, pred_cams: np.ndarray, pred_depth: np.ndarray, pred_points: np.ndarray,
-          pred_depth_median: float) -> dict[str, float]:
+def score(coll: Collection, truth_points: np.ndarray, pred_cams: np.ndarray, pred_depth: np.ndarray,
+          pred_points: np.ndarray, pred_depth_median: float) -> dict[str, float]:
     valid = coll.depth > 0
     result = depth_metrics(pred_depth, coll.depth)
     result.update(pose_metrics(pred_cams, coll.cam_from_world))
-    result.update(trajectory_and_points(pred_cams, coll.cam_from_world, pred_points, gt_points(coll),
+    result.update(trajectory_and_points(pred_cams, coll.cam_from_world, pred_points, truth_points,
                                         pred_depth_median, float(np.median(coll.depth[valid]))))
     return result
 
@@ -97,15 +97,18 @@ def mean_over(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
 
 def evaluate(model: ZipMap, urls: Sequence[str], storage_options: Mapping[str, Any] | None = None) -> dict:
     collections, baseline = {}, {}
-    for url in urls:
+    for index, url in enumerate(urls):
         coll = read_collection(url, storage_options)
         if coll.cam_from_world is None or coll.depth is None:
             raise InputError(f"{url}: evaluation needs cameras.json and depth/")
         pred = predict_collection(model, coll)
         pred_median = float(np.median(pred["depth_at_input"]))
         cid = collection_id(url)
-        collections[cid] = score(coll, pred["cam_from_world"], pred["depth"], pred["points"], pred_median)
-        baseline[cid] = score(coll, *baseline_prediction(coll))
+        if cid in collections:  # two collections with the same folder name
+            cid = f"{cid}#{index}"
+        truth = gt_points(coll)
+        collections[cid] = score(coll, truth, pred["cam_from_world"], pred["depth"], pred["points"], pred_median)
+        baseline[cid] = score(coll, truth, *baseline_prediction(coll))
     return {"overall": mean_over(list(collections.values())), "collections": collections,
             "baseline": {"overall": mean_over(list(baseline.values())), "collections": baseline}}
 
