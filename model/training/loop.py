@@ -62,6 +62,7 @@ class TrainConfig:
     workers: int = 1
     overfit: bool = False  # repeat one collection every step (debugging, tests)
     init_from: str = ""  # weights (.safetensors) to start a new run from, when OUT has no last.pt
+    camera_weight: float = 1.0  # weight of the camera term against depth and points (VGGT uses 5)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -153,7 +154,8 @@ def train(cfg: TrainConfig, log=print) -> Path:
                 group["lr"] = lr_at(step, cfg)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                 pred = model(batch["images"].float(), window=0)
-            loss, terms = total_loss(pred, {k: v.float() for k, v in batch.items()})
+            loss, terms = total_loss(pred, {k: v.float() for k, v in batch.items()},
+                                     weights={"camera": cfg.camera_weight})
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
