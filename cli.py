@@ -1,6 +1,7 @@
 """The ``zipmap`` command line.
 
     zipmap evaluate COLLECTION [COLLECTION ...] [--weights W] --json OUT.json
+    zipmap reconstruct SRC OUT [--weights W] [--voxel-size M] [--device cpu|cuda]
     zipmap demo [--out demo]  (generate city blocks, reconstruct them with the bundled model, score)
     zipmap predict ...        (same as python -m model.predict)
     zipmap verify FIXTURE.npz (same as python -m model.verify_reference)
@@ -53,6 +54,50 @@ def _demo(args) -> int:
     return 0
 
 
+def _reconstruct(args) -> int:
+    """One collection -> OUT/<id>.zarr, with stage-by-stage progress and a closing summary."""
+    import json
+
+    from errors import ZipMapError
+    from flows.reconstruct import run_reconstruction
+
+    def log(msg: str) -> None:
+        print(f"  {msg}", file=sys.stderr, flush=True)
+
+    def progress(done: int, total: int) -> None:
+        print(f"\r  volume chunks {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+    print(f"reconstructing {args.src}", file=sys.stderr)
+    try:
+        summary = run_reconstruction(args.src, args.out, args.id, args.weights, args.voxel_size, args.max_voxels,
+                                     device=args.device, max_offline_frames=args.max_offline_frames, log=log,
+                                     progress=progress)
+    except ZipMapError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=2)
+    print(format_summary(summary))
+    return 0
+
+
+def format_summary(s: dict) -> str:
+    vol, pc = s["volume"], s["pose_checks"]
+    rows = [
+        ("collection", s["collection_id"]), ("output", s["output"]), ("status", s["status"]),
+        ("views", f"{s['num_views']} ({s['views']['height']}x{s['views']['width']} px at the network)"),
+        ("poses", f"{s['pose_source']}, {'metric scale' if s['metric_scale'] else 'no metric scale'}"
+                  + (f", {pc['num_flagged']} view(s) flagged" if s["poses_given"] else "")),
+        ("zip pass", f"{s['zip_mode']} on {s['device']}, {s['network_seconds']:.2f} s"),
+        ("volume", f"{'x'.join(map(str, vol['shape']))} voxels of {vol['voxel_size']:.4g} {s['units']}, "
+                   f"{vol['observed_fraction']:.1%} observed, {vol['occupied_fraction']:.1%} near surfaces"),
+        ("time", ", ".join(f"{k} {v:.2f}s" for k, v in s["timings"].items())),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "predict":
@@ -78,10 +123,22 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--size", type=int, nargs=2, default=[112, 168], metavar=("H", "W"))
     demo.add_argument("--weights", default=None, help="checkpoint URL (default: the bundled model)")
     demo.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    rec = sub.add_parser("reconstruct", help="one collection -> OUT/<collection_id>.zarr (views and a TSDF volume)")
+    rec.add_argument("src", help="collection folder or URL (cameras.json, transforms.json, COLMAP, or images only)")
+    rec.add_argument("out", help="output folder or URL; the store is OUT/<collection_id>.zarr")
+    rec.add_argument("--weights", default=None, help="checkpoint URL (default: the bundled model)")
+    rec.add_argument("--voxel-size", type=float, default=None,
+                     help="voxel edge in world units (default: the longest side gets --max-voxels voxels)")
+    rec.add_argument("--max-voxels", type=int, default=128, help="voxels on the longest side when no --voxel-size")
+    rec.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when present")
+    rec.add_argument("--id", default=None, help="collection id (default: the source's last path component)")
+    rec.add_argument("--max-offline-frames", type=int, default=None,
+                     help="above this many frames, zip in streaming windows of this size")
+    rec.add_argument("--json", default=None, help="also write the summary as JSON here")
     sub.add_parser("predict", help="run the network on photos (see python -m model.predict -h)")
     sub.add_parser("verify", help="check parity with a reference fixture")
     args = parser.parse_args(argv)
-    return {"evaluate": _evaluate, "demo": _demo}[args.command](args)
+    return {"evaluate": _evaluate, "demo": _demo, "reconstruct": _reconstruct}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,86 @@
+"""URLs: every input and output of the pipeline is a URL that fsspec opens.
+
+A plain path (the default), ``file://``, ``s3://`` (through s3fs) or any other fsspec protocol.
+Object-store credentials and endpoints come from the standard environment variables, which s3fs
+reads itself (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
+``AWS_ENDPOINT_URL``, ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, profiles, instance roles), or from
+explicit ``storage_options`` (the keyword arguments of the fsspec filesystem, e.g. s3fs's ``key``,
+``secret``, ``endpoint_url``, ``client_kwargs``). Storage options are never written to logs,
+reports or outputs: :func:`redact` is what goes there.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import fsspec
+
+from errors import StorageError
+
+# Keys of storage options that may hold secrets (matched case-insensitively as substrings).
+_SECRET_WORDS = ("key", "secret", "token", "password", "credential", "session")
+
+
+def filesystem(url: str, storage_options: Mapping[str, Any] | None = None):
+    """``(fs, path)`` for ``url``; ``path`` has no trailing slash."""
+    try:
+        fs, path = fsspec.core.url_to_fs(str(url), **dict(storage_options or {}))
+    except (ValueError, ImportError) as exc:
+        raise StorageError(f"{redact(url)}: cannot open this URL ({exc})") from exc
+    return fs, path.rstrip("/") or "/"
+
+
+def join(url: str, *parts: str) -> str:
+    """Join path parts onto a URL or a local path, with ``/``."""
+    url = str(url)
+    if "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://" + posixpath.join(rest.rstrip("/"), *parts)
+    return posixpath.join(url, *parts)
+
+
+def is_local(url: str) -> bool:
+    return "://" not in str(url) or str(url).startswith("file://")
+
+
+def redact(url: str) -> str:
+    """A URL fit for logs and provenance: no user info, no query string (signed URLs), no fragment."""
+    url = str(url)
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def public_options(storage_options: Mapping[str, Any] | None) -> dict:
+    """Storage options with every secret-looking value removed (for reports)."""
+    def clean(value):
+        if isinstance(value, Mapping):
+            return {k: clean(v) for k, v in value.items() if not any(w in str(k).lower() for w in _SECRET_WORDS)}
+        return value
+
+    return clean(dict(storage_options or {}))
+
+
+_SAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def collection_id_from_url(url: str) -> str:
+    """A safe collection id from a URL's last path component (``s3://b/city/block-7/`` -> ``block-7``)."""
+    name = posixpath.basename(urlsplit(str(url)).path.rstrip("/")) if "://" in str(url) else \
+        posixpath.basename(str(url).replace("\\", "/").rstrip("/"))
+    return safe_id(name or "collection")
+
+
+def safe_id(value: str) -> str:
+    """``value`` as a file-name-safe id: letters, digits, ``.``, ``_``, ``-``; never ``.``/``..`` or empty."""
+    cleaned = _SAFE_ID.sub("_", str(value)).strip("._") or "collection"
+    return cleaned[:200]
+
+
+__all__ = ["filesystem", "join", "is_local", "redact", "public_options", "collection_id_from_url", "safe_id"]

@@ -1,0 +1,192 @@
+"""Writing a reconstruction as one Zarr v3 store (``OUT/<collection_id>.zarr``), and reading it back.
+
+The layout is documented in ``docs/output-format.md``. The write protocol makes a partial output
+recognisable:
+
+1. :meth:`ReconstructionStore.begin` removes whatever was at the URL and creates the root group with
+   ``zipmap_status = "writing"``;
+2. groups and arrays are written (a volume chunk by chunk, each chunk straight into its region);
+3. :meth:`ReconstructionStore.complete` consolidates the metadata and only then sets
+   ``zipmap_status = "complete"`` — the last write. A run that fails calls :meth:`fail`
+   (``zipmap_status = "failed"`` plus ``zipmap_error``); a run that dies leaves ``"writing"``.
+
+Readers must treat anything but ``"complete"`` as not there (:func:`read_status`).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.storage import FsspecStore, LocalStore
+
+from errors import StorageError
+
+from .urls import filesystem, is_local, redact
+
+STATUS_KEY = "zipmap_status"
+COMPLETE = "complete"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Variable:
+    """One array to write: named dims, data (or only a shape and dtype for region writes), attributes."""
+
+    dims: tuple[str, ...]
+    data: np.ndarray | None = None
+    attrs: dict = field(default_factory=dict)
+    chunks: tuple[int, ...] | None = None
+    shape: tuple[int, ...] | None = None
+    dtype: Any = None
+    fill_value: Any = None
+
+    def __post_init__(self):
+        if self.data is not None:
+            self.data = np.asarray(self.data)
+            self.shape, self.dtype = self.data.shape, self.data.dtype
+        if self.shape is None or self.dtype is None:
+            raise ValueError("a Variable needs data, or a shape and a dtype")
+        if len(self.dims) != len(self.shape):
+            raise ValueError(f"dims {self.dims} do not match shape {self.shape}")
+
+
+def _store(url: str, storage_options: Mapping[str, Any] | None, read_only: bool = False):
+    if is_local(url):
+        path = str(url)[len("file://"):] if str(url).startswith("file://") else str(url)
+        return LocalStore(path, read_only=read_only)
+    return FsspecStore.from_url(str(url), storage_options=dict(storage_options or {}), read_only=read_only)
+
+
+def _jsonable(value):
+    """Attributes as plain JSON (numpy scalars and arrays converted; NaN kept as null)."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def _default_fill(dtype) -> Any:
+    kind = np.dtype(dtype).kind
+    if kind == "f":
+        return np.nan
+    if kind in "iub":
+        return 0
+    return None
+
+
+class ReconstructionStore:
+    """One reconstruction's Zarr store at ``url`` (local path or any fsspec URL)."""
+
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None):
+        self.url = str(url).rstrip("/")
+        self.storage_options = dict(storage_options or {})
+        self._root: zarr.Group | None = None
+
+    # -- writing ---------------------------------------------------------------------------------
+    def begin(self, attrs: Mapping[str, Any]) -> None:
+        """Remove anything at the URL and create the root group marked ``"writing"``."""
+        fs, path = filesystem(self.url, self.storage_options)
+        try:
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
+            self._root = zarr.open_group(store=_store(self.url, self.storage_options), mode="w", zarr_format=3)
+            self._root.attrs.update(_jsonable({**attrs, "zipmap_format_version": FORMAT_VERSION,
+                                               STATUS_KEY: "writing"}))
+        except OSError as exc:
+            raise StorageError(f"{redact(self.url)}: cannot create the output store ({exc})") from exc
+
+    @property
+    def root(self) -> zarr.Group:
+        if self._root is None:
+            self._root = zarr.open_group(store=_store(self.url, self.storage_options), mode="r+")
+        return self._root
+
+    def write_group(self, name: str, variables: Mapping[str, Variable], attrs: Mapping[str, Any] | None = None,
+                    ) -> zarr.Group:
+        """Create group ``name`` and its arrays; arrays given with data are written now."""
+        group = self.root.require_group(name)
+        if attrs:
+            group.attrs.update(_jsonable(attrs))
+        for var_name, var in variables.items():
+            fill = var.fill_value if var.fill_value is not None else _default_fill(var.dtype)
+            dtype = str if np.dtype(var.dtype).kind in "UOT" else var.dtype
+            kwargs = {} if fill is None else {"fill_value": fill}
+            arr = group.create_array(var_name, shape=var.shape, dtype=dtype, chunks=var.chunks or var.shape,
+                                     dimension_names=var.dims, attributes=_jsonable(var.attrs), **kwargs)
+            if var.data is not None:
+                arr[...] = var.data.astype(str) if dtype is str else var.data
+        return group
+
+    def write_region(self, group: str, name: str, region: Sequence[slice], data: np.ndarray) -> None:
+        """Write ``data`` into ``region`` of array ``group/name`` (regions should be chunk-aligned)."""
+        self.root[group][name][tuple(region)] = data
+
+    def update_attrs(self, attrs: Mapping[str, Any], group: str | None = None) -> None:
+        target = self.root if group is None else self.root[group]
+        target.attrs.update(_jsonable(attrs))
+
+    def complete(self, attrs: Mapping[str, Any] | None = None) -> None:
+        """Consolidate metadata, then — the last write — mark the store complete."""
+        if attrs:
+            self.update_attrs(attrs)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+            zarr.consolidate_metadata(_store(self.url, self.storage_options))
+        self._root = None
+        self.update_attrs({STATUS_KEY: COMPLETE})
+
+    def fail(self, reason: str) -> None:
+        """Mark a store that was begun as failed (never complete); a no-op if nothing was created."""
+        try:
+            if read_status(self.url, self.storage_options) is None:
+                return
+            self.update_attrs({STATUS_KEY: "failed", "zipmap_error": reason})
+        except Exception:  # the original error matters more than a failure to record it  # noqa: BLE001
+            pass
+
+
+def read_attrs(url: str, storage_options: Mapping[str, Any] | None = None) -> dict | None:
+    """Root attributes of the store at ``url``, or ``None`` if there is no store."""
+    fs, path = filesystem(url, storage_options)
+    try:
+        doc = json.loads(fs.cat_file(f"{path}/zarr.json"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise StorageError(f"{redact(url)}: unreadable zarr.json ({exc})") from exc
+    return dict(doc.get("attributes") or {})
+
+
+def read_status(url: str, storage_options: Mapping[str, Any] | None = None) -> str | None:
+    """``"complete"``, ``"writing"``, ``"failed"``, or ``None`` when no store is there."""
+    attrs = read_attrs(url, storage_options)
+    return None if attrs is None else attrs.get(STATUS_KEY)
+
+
+def open_reconstruction(url: str, storage_options: Mapping[str, Any] | None = None, require_complete: bool = True):
+    """The store as an ``xarray.DataTree`` (lazy); refuses an incomplete store unless told otherwise."""
+    import xarray as xr
+
+    if require_complete:
+        status = read_status(url, storage_options)
+        if status != COMPLETE:
+            raise StorageError(f"{redact(url)}: not a complete reconstruction (zipmap_status={status!r})")
+    kwargs = {} if is_local(url) else {"storage_options": dict(storage_options or {})}
+    return xr.open_datatree(str(url), engine="zarr", **kwargs)
+
+
+__all__ = ["ReconstructionStore", "Variable", "read_attrs", "read_status", "open_reconstruction", "STATUS_KEY",
+           "COMPLETE"]

@@ -1,0 +1,315 @@
+"""Pose checks: given cameras before the zip pass, and predicted against given cameras after it.
+
+Before (:func:`check_given_poses`, needs only the given cameras): finite values, proper rotations
+(orthonormal, det +1), positive focal lengths, principal point inside the image, no duplicated
+cameras, a baseline (the cameras are not all in one place). A failure raises
+:class:`errors.PoseCheckError` naming the pose file, the image and the reason.
+
+After (:func:`check_convention`, :func:`compare_poses`, need the network's predictions):
+
+- Convention. The predicted depth maps are placed in the world with the given cameras under four
+  readings of the given matrices — as given (OpenCV world-to-camera), as camera-to-world, with
+  OpenGL camera axes (y up, z backward), and both — and the reading whose views agree with each
+  other (reprojected depth matches the other views' depth, for the best global scale) and whose
+  camera-to-camera directions match the predicted ones wins. If a reading other than "as given"
+  wins clearly, the cameras do not look at the scene they show: the classic OpenGL/OpenCV or
+  camera-to-world/world-to-camera mix-up, raised with its name.
+- Disagreement. The predicted cameras are aligned to the given ones by one Sim(3) (Umeyama on camera
+  centres plus points along the optical axes) and each view's rotation (degrees) and position
+  (world units) disagreement is reported; views beyond the thresholds are flagged. The alignment's
+  scale is the metric scale of the predicted depth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from errors import PoseCheckError
+
+ORTHONORMAL_TOL = 1e-3
+DUPLICATE_TOL = 1e-6  # relative to the camera extent (or 1 unit), and 1e-3 degrees
+FLAG_ROTATION_DEG = 15.0
+FLAG_POSITION_FRACTION = 0.1  # of the camera extent (or of the median scene depth when the extent is ~0)
+
+CONVENTIONS = {
+    "as given": "OpenCV world_to_camera",
+    "camera_to_world": "camera-to-world matrices where world_to_camera is expected",
+    "opengl_axes": "OpenGL camera axes (x right, y up, z backward) where OpenCV axes (y down, z forward) are expected",
+    "camera_to_world+opengl_axes": "camera-to-world matrices with OpenGL camera axes (the nerfstudio/Blender "
+                                   "convention) where OpenCV world_to_camera is expected",
+}
+_FLIP = np.diag([1.0, -1.0, -1.0, 1.0])
+
+
+@dataclass
+class PoseCheckReport:
+    """What the checks found, JSON-friendly (``to_dict``)."""
+
+    poses_given: bool
+    source: str = ""
+    num_views: int = 0
+    camera_extent: float = float("nan")
+    convention: str = ""
+    convention_scores: dict = field(default_factory=dict)
+    depth_scale: float = float("nan")
+    sim3_scale: float = float("nan")
+    rotation_error_deg: np.ndarray | None = None
+    position_error: np.ndarray | None = None
+    flagged: np.ndarray | None = None
+    alignment: dict = field(default_factory=dict)  # Sim(3) predicted -> given: scale, rotation, translation
+    warnings: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k not in ("rotation_error_deg", "position_error", "flagged")}
+        for key in ("rotation_error_deg", "position_error", "flagged"):
+            value = getattr(self, key)
+            out[key] = None if value is None else value.tolist()
+        out["num_flagged"] = int(self.flagged.sum()) if self.flagged is not None else 0
+        return out
+
+
+def _homogeneous(cam_from_world: np.ndarray) -> np.ndarray:
+    T = np.tile(np.eye(4), (len(cam_from_world), 1, 1))
+    T[:, :3, :4] = cam_from_world[:, :3, :4]
+    return T
+
+
+def camera_centres(cam_from_world: np.ndarray) -> np.ndarray:
+    R, t = cam_from_world[:, :3, :3], cam_from_world[:, :3, 3]
+    return -np.einsum("nba,nb->na", R, t)
+
+
+def _extent(cam_from_world: np.ndarray) -> float:
+    C = camera_centres(cam_from_world)
+    return float(np.linalg.norm(C.max(0) - C.min(0))) if len(C) else 0.0
+
+
+def check_given_poses(cam_from_world: np.ndarray, intrinsics: np.ndarray, image_sizes: list[tuple[int, int]],
+                      names: list[str], source: str) -> PoseCheckReport:
+    """Checks that need only the given cameras; raises :class:`PoseCheckError` on the first failure.
+
+    ``image_sizes`` are ``(H, W)`` of the images the intrinsics refer to; ``source`` names the pose file.
+    """
+    S = len(names)
+    if cam_from_world.shape != (S, 3, 4) or intrinsics.shape != (S, 3, 3):
+        raise PoseCheckError(f"{source}: expected {S} cameras, got poses {cam_from_world.shape} and "
+                             f"intrinsics {intrinsics.shape}")
+    for i, name in enumerate(names):
+        where = f"{source}: camera of {name}"
+        if not (np.isfinite(cam_from_world[i]).all() and np.isfinite(intrinsics[i]).all()):
+            raise PoseCheckError(f"{where}: non-finite values (NaN or inf) in the pose or intrinsics")
+        R = cam_from_world[i, :3, :3]
+        err = float(np.abs(R @ R.T - np.eye(3)).max())
+        if err > ORTHONORMAL_TOL:
+            raise PoseCheckError(f"{where}: rotation is not orthonormal (max |R R^T - I| = {err:.3g}); "
+                                 "scale or shear in the pose matrix?")
+        det = float(np.linalg.det(R))
+        if det < 0:
+            raise PoseCheckError(f"{where}: rotation has det {det:.3f} (a reflection): one camera axis is flipped, "
+                                 "a mixed-up axis convention (e.g. left- vs right-handed)")
+        fx, fy, cx, cy = intrinsics[i, 0, 0], intrinsics[i, 1, 1], intrinsics[i, 0, 2], intrinsics[i, 1, 2]
+        if not (fx > 0 and fy > 0):
+            raise PoseCheckError(f"{where}: focal lengths must be positive (fx={fx:g}, fy={fy:g})")
+        H, W = image_sizes[i]
+        if not (0 < cx < W and 0 < cy < H):
+            raise PoseCheckError(f"{where}: principal point ({cx:g}, {cy:g}) lies outside the {W}x{H} image")
+    C = camera_centres(cam_from_world)
+    extent = _extent(cam_from_world)
+    tol = DUPLICATE_TOL * max(extent, 1.0)
+    if S > 1:
+        for i in range(S):
+            dist = np.linalg.norm(C[i + 1:] - C[i], axis=1)
+            cos = (np.einsum("nab,ab->n", cam_from_world[i + 1:, :3, :3], cam_from_world[i, :3, :3]) - 1) / 2
+            angle = np.degrees(np.arccos(np.clip(cos, -1, 1)))
+            dup = np.flatnonzero((dist <= tol) & (angle < 1e-3))
+            if len(dup):
+                raise PoseCheckError(f"{source}: cameras of {names[i]} and {names[i + 1 + dup[0]]} are duplicates "
+                                     "(same position and orientation)")
+        if not extent > tol:
+            raise PoseCheckError(f"{source}: all {S} cameras are at the same position: no baseline for geometry")
+    return PoseCheckReport(poses_given=True, source=source, num_views=S, camera_extent=extent)
+
+
+# ---------------------------------------------------------------------------------------------------
+# after the zip pass
+def candidate_poses(cam_from_world: np.ndarray) -> dict[str, np.ndarray]:
+    """The four readings of given matrices, each as OpenCV world-to-camera ``[S, 3, 4]``."""
+    T = _homogeneous(cam_from_world)
+    inv = np.linalg.inv(T)
+    return {"as given": T[:, :3], "camera_to_world": inv[:, :3], "opengl_axes": (_FLIP @ T)[:, :3],
+            "camera_to_world+opengl_axes": (_FLIP @ inv)[:, :3]}
+
+
+def _consistency(depth: torch.Tensor, cams: torch.Tensor, K: torch.Tensor, scales: torch.Tensor,
+                 pairs: torch.Tensor, rel_tol: float) -> torch.Tensor:
+    """For each scale: the fraction of view-i pixels that land in view j at a depth agreeing with j's depth,
+    minus the fraction that land well in front of it (free-space violations). The violations keep a
+    wrong scale from scoring well (with the scene pushed to infinity every pair agrees otherwise)."""
+    S, H, W = depth.shape
+    v, u = torch.meshgrid(torch.arange(H, dtype=depth.dtype) + 0.5, torch.arange(W, dtype=depth.dtype) + 0.5,
+                          indexing="ij")
+    i, j = pairs[:, 0], pairs[:, 1]
+    ray = torch.stack([(u - K[i, 0, 2, None, None]) / K[i, 0, 0, None, None],
+                       (v - K[i, 1, 2, None, None]) / K[i, 1, 1, None, None], torch.ones_like(u).expand(len(i), H, W)],
+                      dim=-1)  # [P, H, W, 3], camera i frame, z = 1
+    R_rel = cams[j, :3, :3] @ cams[i, :3, :3].transpose(1, 2)  # camera i -> camera j
+    t_j, t_i = cams[j, :3, 3], cams[i, :3, 3]
+    dir_j = torch.einsum("pab,phwb->phwa", R_rel, ray)  # rotated rays, scaled by depth later
+    off = t_j - torch.einsum("pab,pb->pa", R_rel, t_i)  # camera i's centre in camera j, [P, 3]
+    d_i = depth[i]  # [P, H, W]
+    valid_i = d_i > 0
+    scores = []
+    for s in scales:
+        X = dir_j * (s * d_i)[..., None] + off[:, None, None, :]
+        z = X[..., 2]
+        front = z > 1e-9
+        uj = K[j, 0, 0, None, None] * X[..., 0] / z.clamp_min(1e-9) + K[j, 0, 2, None, None]
+        vj = K[j, 1, 1, None, None] * X[..., 1] / z.clamp_min(1e-9) + K[j, 1, 2, None, None]
+        inside = front & (uj >= 0) & (uj < W) & (vj >= 0) & (vj < H) & valid_i
+        col = uj.clamp(0, W - 1).long()
+        row = vj.clamp(0, H - 1).long()
+        dj = s * depth[j][torch.arange(len(j))[:, None, None], row, col]
+        seen = inside & (dj > 0)
+        agree = seen & ((z - dj).abs() <= rel_tol * dj)
+        # a point well in front of the surface view j sees would have hidden it: a free-space violation
+        violate = seen & (z < (1 - 2 * rel_tol) * dj)
+        net = agree.flatten(1).float().sum(1) - violate.flatten(1).float().sum(1)
+        scores.append(net / valid_i.flatten(1).float().sum(1).clamp_min(1))
+    return torch.stack(scores).mean(1)  # [num_scales]
+
+
+def _pairs(S: int, reach: int = 3) -> torch.Tensor:
+    pairs = [(a, b) for a in range(S) for b in range(S) if a != b and abs(a - b) <= reach]
+    return torch.tensor(pairs, dtype=torch.long)
+
+
+def best_depth_scale(depth: np.ndarray, cams: np.ndarray, intrinsics: np.ndarray, guess: float,
+                     spread: float = 5.0, rel_tol: float = 0.05, size: tuple[int, int] = (24, 36),
+                     ) -> tuple[float, float]:
+    """``(score, scale)``: the depth scale in ``[guess / spread, guess * spread]`` under which the views
+    agree best with these cameras (the range keeps away from the degenerate "scene at infinity")."""
+    d = torch.from_numpy(np.asarray(depth, dtype=np.float64))
+    S, H, W = d.shape
+    h, w = min(size[0], H), min(size[1], W)
+    d = torch.nn.functional.interpolate(d[:, None], size=(h, w), mode="nearest")[:, 0]
+    K = torch.from_numpy(np.asarray(intrinsics, dtype=np.float64)).clone()
+    K[:, 0] *= w / W
+    K[:, 1] *= h / H
+    cams_t = torch.from_numpy(np.asarray(cams, dtype=np.float64))
+    log_spread = float(np.log10(spread))
+    scales = guess * torch.logspace(-log_spread, log_spread, 29, dtype=torch.float64)
+    pairs = _pairs(S)
+    coarse = _consistency(d, cams_t, K, scales, pairs, rel_tol)
+    k = int(coarse.argmax())
+    fine_scales = scales[k] * torch.logspace(-0.1, 0.1, 11, dtype=torch.float64)
+    fine = _consistency(d, cams_t, K, fine_scales, pairs, rel_tol)
+    kf = int(fine.argmax())
+    return float(fine[kf]), float(fine_scales[kf])
+
+
+def relative_directions(cam_from_world: np.ndarray) -> np.ndarray:
+    """Unit direction of camera i's centre seen from camera j, for all pairs ``i < j`` -> ``[P, 3]``."""
+    i, j = np.triu_indices(len(cam_from_world), k=1)
+    R, t = cam_from_world[:, :3, :3], cam_from_world[:, :3, 3]
+    R_rel = R[j] @ np.transpose(R[i], (0, 2, 1))
+    t_rel = t[j] - np.einsum("nab,nb->na", R_rel, t[i])
+    return t_rel / np.maximum(np.linalg.norm(t_rel, axis=1, keepdims=True), 1e-12)
+
+
+def check_convention(depth: np.ndarray, pred_cams: np.ndarray, given: np.ndarray, intrinsics: np.ndarray,
+                     source: str, report: PoseCheckReport, margin: float = 0.15, direction_weight: float = 0.5,
+                     ) -> PoseCheckReport:
+    """Which reading of the given matrices fits the predictions; raise :class:`PoseCheckError` on a clear mix-up.
+
+    Each reading gets ``depth agreement + direction_weight * mean cosine`` between the predicted and
+    the given directions from camera to camera (over all pairs). The depth agreement is searched over
+    scales within 2x of the ratio of the given to the predicted camera extent (predicted depth and
+    cameras share one scale). A mix-up is raised when another reading beats "as given" by ``margin``.
+    """
+    pred_extent = _extent(pred_cams)
+    pred_dirs = relative_directions(pred_cams) if len(pred_cams) > 1 else np.zeros((0, 3))
+    scores, scales, parts = {}, {}, {}
+    for name, cams in candidate_poses(given).items():
+        extent = _extent(cams)
+        guess = extent / pred_extent if extent > 0 and pred_extent > 0 else 1.0
+        agree, scales[name] = best_depth_scale(depth, cams, intrinsics, guess, spread=2.0)
+        cos = float(np.mean(np.sum(pred_dirs * relative_directions(cams), axis=1))) if len(pred_dirs) else 0.0
+        scores[name] = agree + direction_weight * cos
+        parts[name] = {"depth_agreement": round(agree, 4), "direction_cosine": round(cos, 4),
+                       "score": round(scores[name], 4)}
+    report.convention_scores = parts
+    best = max(scores, key=scores.get)
+    if best != "as given" and scores[best] > scores["as given"] + margin:
+        raise PoseCheckError(
+            f"{source}: the cameras do not look at the scene their images show; the poses look like "
+            f"{CONVENTIONS[best]} (fit {scores[best]:.2f} read that way against {scores['as given']:.2f} as given). "
+            "Convert them to OpenCV world_to_camera.")
+    report.convention = "as given"
+    if parts["as given"]["depth_agreement"] < 0.05:
+        report.warnings.append("the predicted depth maps agree poorly with the given cameras "
+                               f"({parts['as given']['depth_agreement']:.0%} of reprojected pixels)")
+    return report
+
+
+def umeyama_sim3(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Least-squares ``s, R, t`` with ``dst ~ s R src + t`` for ``[N, 3]`` points."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    xs, xd = src - mu_s, dst - mu_d
+    U, D, Vt = np.linalg.svd(xd.T @ xs / len(src))
+    E = np.eye(3)
+    if np.linalg.det(U) * np.linalg.det(Vt) < 0:
+        E[2, 2] = -1
+    R = U @ E @ Vt
+    var = (xs ** 2).sum() / len(src)
+    s = float(np.trace(np.diag(D) @ E) / var) if var > 0 else 1.0
+    return s, R, mu_d - s * R @ mu_s
+
+
+def compare_poses(pred: np.ndarray, given: np.ndarray, pred_depth_median: float, report: PoseCheckReport,
+                  rotation_deg: float = FLAG_ROTATION_DEG, position_fraction: float = FLAG_POSITION_FRACTION,
+                  ) -> PoseCheckReport:
+    """Align predicted cameras to the given ones (Sim(3)) and report each view's disagreement.
+
+    The alignment's scale is the metric scale of the predicted depth (``report.depth_scale``)."""
+    def points(cams, d):
+        C = camera_centres(cams)
+        return np.concatenate([C, C + d * cams[:, 2, :3]], axis=0)
+
+    pred_extent, given_extent = _extent(pred), _extent(given)
+    s = given_extent / pred_extent if pred_extent > 0 and given_extent > 0 else report.depth_scale
+    s = s if np.isfinite(s) and s > 0 else 1.0
+    S = len(given)
+    inliers = np.ones(S, bool)
+    previous, previous_inliers = np.inf, inliers
+    for _ in range(40):  # the given depth scale is only known through s itself, and outlier views are dropped
+        src, dst = points(pred, pred_depth_median), points(given, s * pred_depth_median)
+        keep = np.concatenate([inliers, inliers])
+        s, R, t = umeyama_sim3(src[keep], dst[keep])
+        residual = np.linalg.norm((src @ (s * R).T + t - dst).reshape(2, S, 3), axis=-1).max(0)
+        inliers = residual <= max(3 * np.median(residual), 1e-9 * max(given_extent, 1.0))
+        if inliers.sum() < max(2, S // 2):
+            inliers = residual <= np.median(residual)
+        if abs(s - previous) <= 1e-9 * s and (inliers == previous_inliers).all():
+            break
+        previous, previous_inliers = s, inliers
+    C_pred = camera_centres(pred) @ (s * R).T + t
+    R_pred_world = pred[:, :3, :3] @ R.T  # predicted rotations expressed in the given world frame
+    cos = (np.einsum("nab,nab->n", R_pred_world, given[:, :3, :3]) - 1) / 2
+    report.sim3_scale = report.depth_scale = s
+    report.alignment = {"scale": s, "rotation": R.tolist(), "translation": t.tolist()}
+    report.rotation_error_deg = np.degrees(np.arccos(np.clip(cos, -1, 1)))
+    report.position_error = np.linalg.norm(C_pred - camera_centres(given), axis=1)
+    unit = report.camera_extent if report.camera_extent > 0 else s * pred_depth_median
+    report.flagged = (report.rotation_error_deg > rotation_deg) | (report.position_error > position_fraction * unit)
+    if report.flagged.any():
+        report.warnings.append(f"{int(report.flagged.sum())} of {len(given)} views disagree with their given pose "
+                               f"beyond {rotation_deg:g} deg or {position_fraction:.0%} of the camera extent")
+    return report
+
+
+__all__ = ["PoseCheckReport", "check_given_poses", "candidate_poses", "best_depth_scale", "check_convention",
+           "relative_directions",
+           "compare_poses", "umeyama_sim3", "CONVENTIONS"]
