@@ -181,13 +181,13 @@ def _consistency(depth: torch.Tensor, cams: torch.Tensor, K: torch.Tensor, scale
     return torch.stack(scores).mean(1)  # [num_scales]
 
 
-def _pairs(S: int, reach: int = 3) -> torch.Tensor:
+def _pairs(S: int, reach: int = 2) -> torch.Tensor:
     pairs = [(a, b) for a in range(S) for b in range(S) if a != b and abs(a - b) <= reach]
     return torch.tensor(pairs, dtype=torch.long)
 
 
 def best_depth_scale(depth: np.ndarray, cams: np.ndarray, intrinsics: np.ndarray, guess: float,
-                     spread: float = 5.0, rel_tol: float = 0.05, size: tuple[int, int] = (24, 36),
+                     spread: float = 5.0, rel_tol: float = 0.05, size: tuple[int, int] = (18, 27),
                      ) -> tuple[float, float]:
     """``(score, scale)``: the depth scale in ``[guess / spread, guess * spread]`` under which the views
     agree best with these cameras (the range keeps away from the degenerate "scene at infinity")."""
@@ -200,11 +200,11 @@ def best_depth_scale(depth: np.ndarray, cams: np.ndarray, intrinsics: np.ndarray
     K[:, 1] *= h / H
     cams_t = torch.from_numpy(np.asarray(cams, dtype=np.float64))
     log_spread = float(np.log10(spread))
-    scales = guess * torch.logspace(-log_spread, log_spread, 29, dtype=torch.float64)
+    scales = guess * torch.logspace(-log_spread, log_spread, 15, dtype=torch.float64)
     pairs = _pairs(S)
     coarse = _consistency(d, cams_t, K, scales, pairs, rel_tol)
     k = int(coarse.argmax())
-    fine_scales = scales[k] * torch.logspace(-0.1, 0.1, 11, dtype=torch.float64)
+    fine_scales = scales[k] * torch.logspace(-0.05, 0.05, 5, dtype=torch.float64)
     fine = _consistency(d, cams_t, K, fine_scales, pairs, rel_tol)
     kf = int(fine.argmax())
     return float(fine[kf]), float(fine_scales[kf])
@@ -268,48 +268,58 @@ def umeyama_sim3(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, n
     return s, R, mu_d - s * R @ mu_s
 
 
+def _nearest_rotation(M: np.ndarray) -> np.ndarray:
+    U, _, Vt = np.linalg.svd(M)
+    return U @ np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt)) or 1.0]) @ Vt
+
+
+def align_cameras(pred: np.ndarray, given: np.ndarray, weights: np.ndarray | None = None,
+                  ) -> tuple[float, np.ndarray, np.ndarray]:
+    """Sim(3) ``s, R, t`` taking predicted world points to the given world (``X_g = s R X_p + t``).
+
+    The rotation comes from the camera orientations (chordal mean of ``R_g^T R_p``), so poorly
+    predicted positions do not twist it; scale and translation then fit the camera centres."""
+    w = np.ones(len(given)) if weights is None else weights.astype(np.float64)
+    R = _nearest_rotation(np.einsum("n,nba,nbc->ac", w, given[:, :3, :3], pred[:, :3, :3]))
+    Cp, Cg = camera_centres(pred), camera_centres(given)
+    mp, mg = (w[:, None] * Cp).sum(0) / w.sum(), (w[:, None] * Cg).sum(0) / w.sum()
+    a = (Cp - mp) @ R.T
+    b = Cg - mg
+    denom = float((w * (a * a).sum(1)).sum())
+    s = float((w * (a * b).sum(1)).sum()) / denom if denom > 0 else 1.0
+    return s, R, mg - s * R @ mp
+
+
 def compare_poses(pred: np.ndarray, given: np.ndarray, pred_depth_median: float, report: PoseCheckReport,
                   rotation_deg: float = FLAG_ROTATION_DEG, position_fraction: float = FLAG_POSITION_FRACTION,
                   ) -> PoseCheckReport:
-    """Align predicted cameras to the given ones (Sim(3)) and report each view's disagreement.
-
-    The alignment's scale is the metric scale of the predicted depth (``report.depth_scale``)."""
-    def points(cams, d):
-        C = camera_centres(cams)
-        return np.concatenate([C, C + d * cams[:, 2, :3]], axis=0)
-
-    pred_extent, given_extent = _extent(pred), _extent(given)
-    s = given_extent / pred_extent if pred_extent > 0 and given_extent > 0 else report.depth_scale
-    s = s if np.isfinite(s) and s > 0 else 1.0
+    """Align predicted cameras to the given ones (one Sim(3), :func:`align_cameras`, refitted without
+    outlier views) and report each view's rotation and position disagreement; flag views beyond the
+    thresholds. The alignment's scale is the metric scale of the predicted depth (``report.depth_scale``)."""
     S = len(given)
     inliers = np.ones(S, bool)
-    previous, previous_inliers = np.inf, inliers
-    for _ in range(40):  # the given depth scale is only known through s itself, and outlier views are dropped
-        src, dst = points(pred, pred_depth_median), points(given, s * pred_depth_median)
-        keep = np.concatenate([inliers, inliers])
-        s, R, t = umeyama_sim3(src[keep], dst[keep])
-        residual = np.linalg.norm((src @ (s * R).T + t - dst).reshape(2, S, 3), axis=-1).max(0)
-        inliers = residual <= max(3 * np.median(residual), 1e-9 * max(given_extent, 1.0))
-        if inliers.sum() < max(2, S // 2):
-            inliers = residual <= np.median(residual)
-        if abs(s - previous) <= 1e-9 * s and (inliers == previous_inliers).all():
+    for _ in range(5):
+        s, R, t = align_cameras(pred, given, inliers)
+        rot = pred[:, :3, :3] @ R.T  # predicted rotations in the given world frame
+        cos = (np.einsum("nab,nab->n", rot, given[:, :3, :3]) - 1) / 2
+        rot_err = np.degrees(np.arccos(np.clip(cos, -1, 1)))
+        pos_err = np.linalg.norm(camera_centres(pred) @ (s * R).T + t - camera_centres(given), axis=1)
+        new = (rot_err <= max(3 * np.median(rot_err), 1.0)) & (pos_err <= max(3 * np.median(pos_err), 1e-9))
+        if new.sum() < max(2, S // 2) or (new == inliers).all():
             break
-        previous, previous_inliers = s, inliers
-    C_pred = camera_centres(pred) @ (s * R).T + t
-    R_pred_world = pred[:, :3, :3] @ R.T  # predicted rotations expressed in the given world frame
-    cos = (np.einsum("nab,nab->n", R_pred_world, given[:, :3, :3]) - 1) / 2
+        inliers = new
+    if not (s > 0 and np.isfinite(s)):
+        s = report.depth_scale if np.isfinite(report.depth_scale) and report.depth_scale > 0 else 1.0
     report.sim3_scale = report.depth_scale = s
     report.alignment = {"scale": s, "rotation": R.tolist(), "translation": t.tolist()}
-    report.rotation_error_deg = np.degrees(np.arccos(np.clip(cos, -1, 1)))
-    report.position_error = np.linalg.norm(C_pred - camera_centres(given), axis=1)
+    report.rotation_error_deg, report.position_error = rot_err, pos_err
     unit = report.camera_extent if report.camera_extent > 0 else s * pred_depth_median
-    report.flagged = (report.rotation_error_deg > rotation_deg) | (report.position_error > position_fraction * unit)
+    report.flagged = (rot_err > rotation_deg) | (pos_err > position_fraction * unit)
     if report.flagged.any():
-        report.warnings.append(f"{int(report.flagged.sum())} of {len(given)} views disagree with their given pose "
+        report.warnings.append(f"{int(report.flagged.sum())} of {S} views disagree with their given pose "
                                f"beyond {rotation_deg:g} deg or {position_fraction:.0%} of the camera extent")
     return report
 
 
 __all__ = ["PoseCheckReport", "check_given_poses", "candidate_poses", "best_depth_scale", "check_convention",
-           "relative_directions",
-           "compare_poses", "umeyama_sim3", "CONVENTIONS"]
+           "relative_directions", "compare_poses", "align_cameras", "umeyama_sim3", "CONVENTIONS"]
