@@ -1,50 +1,110 @@
 """Reading photo collections from a folder or an object-store prefix (any fsspec URL).
 
-The collection format (see README "Collections"):
+:func:`read_collection` is the one entry point. It detects the pose format at the collection's
+root, preferring, when several are present, in this order (``Collection.source_format``):
 
-- ``images/``: ``.png`` / ``.jpg`` / ``.jpeg`` files (any case); frame order = sorted file name.
-- optional ``cameras.json``: ``{"version": 1, "units": "m", "crs": null, "frames": [{"image":
-  "images/000.png", "width": W, "height": H, "fx", "fy", "cx", "cy", "world_to_camera": 4x4
-  row-major}, ...]}``; OpenCV axes, ``world_to_camera`` maps world points into the camera frame,
-  pixel centres at +0.5.
-- optional ``depth/<image stem>.npy``: float32 z-depth in metres; 0 or non-finite = no data.
+1. ``cameras.json``, ours (README "Collections"): images in ``images/``;
+2. nerfstudio ``transforms.json``: each frame's ``file_path`` is relative to the collection folder
+   (commonly ``images/frame_00001.png``; a path without extension gets ``.png``, as Blender scenes);
+3. a COLMAP sparse model, the first of ``sparse/0/``, ``sparse/`` and the root that holds both
+   ``cameras.{bin,txt}`` and ``images.{bin,txt}`` (``.bin`` preferred; ``points3D`` is not read):
+   images in ``images/``; models ``sparse/1`` and beyond are not read;
+4. none: images only, from ``images/``.
 
-Every problem raises :class:`errors.InputError` naming the file and the reason.
+``storage.formats`` holds the conventions of each format and its conversion to ours: OpenCV axes,
+``cam_from_world`` float64, intrinsics in pixels with pixel centres at +0.5 (nerfstudio and COLMAP
+use that convention too, so no shift is applied); lens distortion is ignored.
+
+Images: ``.png`` / ``.jpg`` / ``.jpeg`` (any case) directly in ``images/`` (or, for nerfstudio, the
+files the frames name), decoded by :func:`storage.images.decode_image` (EXIF orientation applied,
+any colour mode to 8-bit RGB, bombs and truncation rejected). Frame order = sorted file name;
+sizes may differ between images. Every image in ``images/`` needs a camera when there is a pose
+file; cameras for images that are not there are ignored (zipmap, COLMAP; a nerfstudio frame must
+find its file).
+
+Camera and image sizes. Each pose states (or implies) the image size its intrinsics refer to:
+
+- same size as the decoded, EXIF-oriented image: used as is;
+- the raw stored size but not the oriented one (EXIF orientations 5-8 swap width and height): the
+  poses were computed on the raw pixel grid (COLMAP, for one, ignores EXIF), so that image is kept
+  in its raw orientation. For orientations that keep the size (2-4) the two cannot be told apart
+  and the oriented image is used;
+- a uniform scale of either (downscaled images, each side within a pixel of the scaled size):
+  intrinsics are scaled by the per-axis factors, exact for resizes that map image edges to edges;
+- anything else raises, naming the image, the pose file and both sizes.
+
+Depth: ``depth/<image stem>.npy`` (float32 z-depth in metres, 0 or non-finite = no data) for every
+format, when the folder exists; each map must match its image's size.
+
+Every problem raises :class:`errors.InputError` starting with the file's URL and the reason.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import fsspec
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from errors import InputError
 
+from .formats import FrameCamera, PoseFile, parse_cameras_json, parse_colmap, parse_transforms_json
+from .images import DEFAULT_MAX_PIXELS, SWAPS_AXES, decode_image
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-CAMERA_KEYS = ("image", "width", "height", "fx", "fy", "cx", "cy", "world_to_camera")
+SOURCE_FORMATS = ("zipmap", "nerfstudio", "colmap", "images")
+COLMAP_FOLDERS = ("sparse/0", "sparse", "")
+FETCH_BATCH = 16  # files fetched concurrently (object stores are latency-bound); bounds the bytes held
 
 
 @dataclass(frozen=True)
 class Collection:
-    """A collection in memory. ``images`` are uint8 ``[S, H, W, 3]``; cameras and depth optional."""
+    """A collection in memory; cameras and depth optional, image sizes may differ between views."""
 
     url: str
-    names: tuple[str, ...]
-    images: np.ndarray
-    cam_from_world: np.ndarray | None = None  # [S, 3, 4] float64
-    intrinsics: np.ndarray | None = None  # [S, 3, 3] float64, pixels of the stored images
-    depth: np.ndarray | None = None  # [S, H, W] float32, 0 = no data
+    names: tuple[str, ...]  # image file names (basename), frame order
+    images: tuple[np.ndarray, ...]  # uint8 [H_i, W_i, 3] per view
+    cam_from_world: np.ndarray | None = None  # [S, 3, 4] float64, OpenCV axes, world -> camera
+    intrinsics: np.ndarray | None = None  # [S, 3, 3] float64, pixels of the decoded images, centres at +0.5
+    depth: tuple[np.ndarray, ...] | None = None  # float32 [H_i, W_i] per view, 0 = no data
+    crs: str | None = None
+    units: str | None = None  # "m" when the pose file says so; None = unknown (nerfstudio, COLMAP)
+    source_format: str = "images"  # "zipmap" | "nerfstudio" | "colmap" | "images"
+    image_info: tuple[dict, ...] = ()  # per view: decode_image's info plus "path" (the file's URL)
 
     @property
     def num_frames(self) -> int:
         return len(self.names)
+
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """``(H, W)`` per view."""
+        return [im.shape[:2] for im in self.images]
+
+    def _same_size(self, what: str) -> None:
+        sizes = self.image_sizes()
+        if len(set(sizes)) > 1:
+            first = {}
+            for name, s in zip(self.names, sizes):
+                first.setdefault(s, name)
+            listed = ", ".join(f"{w}x{h} ({name})" for (h, w), name in first.items())
+            raise InputError(f"{self.url}: cannot stack {what}: images differ in size: {listed}")
+
+    def stacked_images(self) -> np.ndarray:
+        """uint8 ``[S, H, W, 3]``; raises naming the collection when the images differ in size."""
+        self._same_size("images")
+        return np.stack(self.images)
+
+    def stacked_depth(self) -> np.ndarray:
+        """float32 ``[S, H, W]``; raises when there is no depth or the images differ in size."""
+        if self.depth is None:
+            raise InputError(f"{self.url}: no depth maps (depth/ folder)")
+        self._same_size("depth maps")
+        return np.stack(self.depth)
 
 
 def _fs(url: str, storage_options: Mapping[str, Any] | None):
@@ -52,85 +112,209 @@ def _fs(url: str, storage_options: Mapping[str, Any] | None):
     return fs, root.rstrip("/")
 
 
+def _names_in(fs, folder: str) -> set[str] | None:
+    """Entry names directly in ``folder``; None when it does not exist."""
+    try:
+        return {posixpath.basename(p.rstrip("/")) for p in fs.ls(folder, detail=False)}
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _is_image(name: str) -> bool:
+    return posixpath.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
 def list_images(url: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
     """Image paths under ``url/images/`` in frame order (sorted file name)."""
     fs, root = _fs(url, storage_options)
-    folder = posixpath.join(root, "images")
+    names = _names_in(fs, posixpath.join(root, "images"))
+    if names is None:
+        raise InputError(f"{url.rstrip('/')}: no images/ folder")
+    found = sorted(n for n in names if _is_image(n))
+    if not found:
+        raise InputError(f"{url.rstrip('/')}/images: no .png/.jpg/.jpeg files")
+    return [posixpath.join(root, "images", n) for n in found]
+
+
+def _fetch(fs, paths: Sequence[str]) -> Iterator[bytes | Exception]:
+    """Each file's bytes, or the exception reading it raised, in order, ``FETCH_BATCH`` files in flight at a time."""
+    def one(path):
+        try:
+            return fs.cat_file(path)
+        except (FileNotFoundError, OSError) as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=FETCH_BATCH) as pool:
+        for start in range(0, len(paths), FETCH_BATCH):
+            batch = paths[start:start + FETCH_BATCH]
+            yield from pool.map(one, batch)
+
+
+def _read_file(fs, path: str, where: str) -> bytes:
     try:
-        entries = fs.ls(folder, detail=False)
+        return fs.cat_file(path)
     except FileNotFoundError:
-        raise InputError(f"{url}: no images/ folder") from None
-    names = sorted(p for p in entries if posixpath.splitext(p)[1].lower() in IMAGE_EXTENSIONS)
-    if not names:
-        raise InputError(f"{url}/images: no .png/.jpg/.jpeg files")
-    return names
+        raise InputError(f"{where}: missing") from None
+    except OSError as exc:
+        raise InputError(f"{where}: cannot be read ({exc})") from exc
 
 
-def read_image(fs, path: str, url: str) -> np.ndarray:
-    try:
-        with Image.open(io.BytesIO(fs.cat_file(path))) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"{url}/images/{posixpath.basename(path)}: not a readable image ({exc})") from exc
+def _find_pose_file(fs, root: str, url: str, top: set[str]) -> PoseFile | None:
+    """The preferred pose file at the collection root, parsed; None for an images-only collection."""
+    if "cameras.json" in top:
+        where = f"{url}/cameras.json"
+        return parse_cameras_json(_read_file(fs, f"{root}/cameras.json", where), where)
+    if "transforms.json" in top:
+        where = f"{url}/transforms.json"
+        return parse_transforms_json(_read_file(fs, f"{root}/transforms.json", where), where)
+    sparse = _names_in(fs, f"{root}/sparse") if "sparse" in top else None
+    sparse0 = _names_in(fs, f"{root}/sparse/0") if sparse and "0" in sparse else None
+    for folder, names in zip(COLMAP_FOLDERS, (sparse0, sparse, top)):
+        if not names:
+            continue
+        cams = next((f"cameras{ext}" for ext in (".bin", ".txt") if f"cameras{ext}" in names), None)
+        imgs = next((f"images{ext}" for ext in (".bin", ".txt") if f"images{ext}" in names), None)
+        if cams and imgs:
+            rel = [posixpath.join(folder, f) for f in (cams, imgs)]
+            (cam_where, img_where) = (f"{url}/{r}" for r in rel)
+            return parse_colmap(_read_file(fs, posixpath.join(root, rel[0]), cam_where), cam_where,
+                                _read_file(fs, posixpath.join(root, rel[1]), img_where), img_where)
+    return None
 
 
-def _parse_cameras(doc: Any, names: list[str], sizes: list[tuple[int, int]], url: str):
-    where = f"{url}/cameras.json"
-    if not isinstance(doc, dict) or doc.get("version") != 1 or not isinstance(doc.get("frames"), list):
-        raise InputError(f"{where}: expected {{'version': 1, 'frames': [...]}}")
-    by_image = {}
-    for k, frame in enumerate(doc["frames"]):
-        missing = [key for key in CAMERA_KEYS if key not in frame]
-        if missing:
-            raise InputError(f"{where}: frame {k} lacks {missing}")
-        by_image[posixpath.basename(frame["image"])] = frame
-    ext, K = [], []
-    for name, (h, w) in zip(names, sizes):
-        frame = by_image.get(posixpath.basename(name))
-        if frame is None:
-            raise InputError(f"{where}: no camera for images/{posixpath.basename(name)}")
-        if (frame["width"], frame["height"]) != (w, h):
-            raise InputError(f"{where}: {frame['image']} is {w}x{h} but the camera says "
-                             f"{frame['width']}x{frame['height']}")
-        T = np.asarray(frame["world_to_camera"], dtype=np.float64)
-        if T.shape != (4, 4) or not np.isfinite(T).all():
-            raise InputError(f"{where}: {frame['image']}: world_to_camera must be a finite 4x4 matrix")
-        ext.append(T[:3])
-        K.append([[frame["fx"], 0.0, frame["cx"]], [0.0, frame["fy"], frame["cy"]], [0.0, 0.0, 1.0]])
-    return np.stack(ext), np.asarray(K, dtype=np.float64)
+def _image_files(fs, root: str, url: str, poses: PoseFile | None) -> list[tuple[str, FrameCamera | None]]:
+    """``(path relative to the root, its camera)`` per image, in frame order (sorted file name)."""
+    listings: dict[str, set[str] | None] = {}
+
+    def listing(folder: str) -> set[str] | None:
+        if folder not in listings:
+            listings[folder] = _names_in(fs, posixpath.join(root, folder) if folder else root)
+        return listings[folder]
+
+    in_images = listing("images")
+    by_path: dict[str, FrameCamera] = {}
+    if poses is not None:
+        for frame in poses.frames:
+            path = frame.image
+            if poses.source_format == "nerfstudio":
+                folder, name = posixpath.split(path)
+                present = listing(folder) or set()
+                if name not in present and not posixpath.splitext(name)[1] and f"{name}.png" in present:
+                    path = f"{path}.png"  # Blender scenes name frames without their extension
+                elif name not in present:
+                    raise InputError(f"{url}/{path}: missing (frame of {poses.where})")
+            if path in by_path:
+                raise InputError(f"{poses.where}: two cameras for {path}")
+            by_path[path] = frame
+    if poses is None or poses.source_format != "nerfstudio":
+        if in_images is None:
+            raise InputError(f"{url}: no images/ folder")
+        paths = [f"images/{n}" for n in in_images if _is_image(n)]
+        if not paths:
+            raise InputError(f"{url}/images: no .png/.jpg/.jpeg files")
+    else:  # the frames name the images; any image in images/ must be one of them
+        paths = list(by_path) + [f"images/{n}" for n in (in_images or ()) if _is_image(n)
+                                 and f"images/{n}" not in by_path]
+    files = sorted(set(paths), key=lambda p: (posixpath.basename(p), p))
+    seen = {}
+    for path in files:
+        name = posixpath.basename(path)
+        if name in seen:
+            raise InputError(f"{poses.where if poses else url}: two images named {name} ({seen[name]}, {path})")
+        seen[name] = path
+        if poses is not None and path not in by_path:
+            raise InputError(f"{poses.where}: no camera in {posixpath.basename(poses.where)} for {path}")
+    return [(p, by_path.get(p)) for p in files]
+
+
+def _scale_to(cam_w: int, cam_h: int, w: int, h: int) -> tuple[float, float] | None:
+    """Per-axis factors from a ``cam_w x cam_h`` camera to a ``w x h`` image when the resize is uniform
+    (each side within one pixel of the other side's factor), else None."""
+    sx, sy = w / cam_w, h / cam_h
+    if abs(cam_w * sy - w) <= 1 and abs(cam_h * sx - h) <= 1:
+        return sx, sy
+    return None
+
+
+def _fit_camera(frame: FrameCamera, data: bytes, rgb: np.ndarray, info: dict, where: str, pose_where: str,
+                max_pixels: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The image as the camera saw it and the intrinsics in its pixels (rules in the module docstring)."""
+    h, w = rgb.shape[:2]
+    if frame.width is None or frame.height is None:
+        return rgb, frame.intrinsics(w, h), info
+    cam_w, cam_h = frame.width, frame.height
+    raw_differs = info["exif_transposed"] and info["exif_orientation"] in SWAPS_AXES
+    candidates = [("oriented", w, h)] + ([("raw", h, w)] if raw_differs else [])
+    choice = next(((kind, (1.0, 1.0)) for kind, iw, ih in candidates if (iw, ih) == (cam_w, cam_h)), None)
+    if choice is None:
+        choice = next(((kind, s) for kind, iw, ih in candidates if (s := _scale_to(cam_w, cam_h, iw, ih))), None)
+    if choice is None:
+        raw = f" (raw {info['raw_width']}x{info['raw_height']} before EXIF orientation)" if raw_differs else ""
+        raise InputError(f"{where}: image is {w}x{h} pixels{raw} but {pose_where} gives its camera as "
+                         f"{cam_w}x{cam_h}, not a uniform scale of it")
+    kind, (sx, sy) = choice
+    if kind == "raw":  # the poses were computed on the stored pixel grid
+        rgb, info = decode_image(data, where, max_pixels, apply_exif=False)
+    K = frame.intrinsics(cam_w, cam_h) * np.array([[sx], [sy], [1.0]])
+    return rgb, K, info
+
+
+def _read_depth(fs, root: str, url: str, names: Sequence[str], sizes: Sequence[tuple[int, int]],
+                ) -> tuple[np.ndarray, ...]:
+    stems = [posixpath.splitext(n)[0] for n in names]
+    paths = [posixpath.join(root, "depth", f"{stem}.npy") for stem in stems]
+    maps = []
+    for data, stem, shape in zip(_fetch(fs, paths), stems, sizes):
+        where = f"{url}/depth/{stem}.npy"
+        if isinstance(data, FileNotFoundError):
+            raise InputError(f"{where}: missing (the collection has a depth/ folder)")
+        if isinstance(data, Exception):
+            raise InputError(f"{where}: cannot be read ({data})")
+        try:
+            d = np.load(io.BytesIO(data), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise InputError(f"{where}: not a numpy array ({exc})") from exc
+        if d.shape != tuple(shape):
+            raise InputError(f"{where}: shape {d.shape}, image is {tuple(shape)}")
+        if not (np.issubdtype(d.dtype, np.floating) or np.issubdtype(d.dtype, np.integer)):
+            raise InputError(f"{where}: dtype {d.dtype} is not numeric")
+        maps.append(np.where(np.isfinite(d), d, 0).astype(np.float32))
+    return tuple(maps)
 
 
 def read_collection(url: str, storage_options: Mapping[str, Any] | None = None, with_depth: bool = True,
-                    ) -> Collection:
-    """Read images, and cameras and depth where present."""
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> Collection:
+    """Read a collection's images, and cameras and depth where present (formats in the module docstring).
+
+    ``max_pixels`` bounds each image (width x height, checked before decoding)."""
+    url = url.rstrip("/") or url
     fs, root = _fs(url, storage_options)
-    paths = list_images(url, storage_options)
-    images = [read_image(fs, p, url) for p in paths]
-    sizes = [im.shape[:2] for im in images]
-    if len(set(sizes)) > 1:
-        raise InputError(f"{url}/images: images differ in size {sorted(set(sizes))}")
-    cams = K = depth = None
-    cam_path = posixpath.join(root, "cameras.json")
-    if fs.exists(cam_path):
-        try:
-            doc = json.loads(fs.cat_file(cam_path))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{url}/cameras.json: not valid JSON ({exc})") from exc
-        cams, K = _parse_cameras(doc, paths, sizes, url)
-    if with_depth and fs.exists(posixpath.join(root, "depth")):
-        maps = []
-        for p in paths:
-            stem = posixpath.splitext(posixpath.basename(p))[0]
-            dpath = posixpath.join(root, "depth", stem + ".npy")
-            try:
-                d = np.load(io.BytesIO(fs.cat_file(dpath)), allow_pickle=False)
-            except FileNotFoundError:
-                raise InputError(f"{url}/depth/{stem}.npy: missing (the collection has a depth/ folder)") from None
-            except ValueError as exc:
-                raise InputError(f"{url}/depth/{stem}.npy: not a numpy array ({exc})") from exc
-            if d.shape != sizes[0]:
-                raise InputError(f"{url}/depth/{stem}.npy: shape {d.shape}, image is {sizes[0]}")
-            maps.append(np.where(np.isfinite(d), d, 0).astype(np.float32))
-        depth = np.stack(maps)
-    names = tuple(posixpath.basename(p) for p in paths)
-    return Collection(url, names, np.stack(images), cams, K, depth)
+    top = _names_in(fs, root)
+    if top is None:
+        raise InputError(f"{url}: no such folder")
+    poses = _find_pose_file(fs, root, url, top)
+    files = _image_files(fs, root, url, poses)
+    names, images, infos, exts, Ks = [], [], [], [], []
+    for (rel, frame), data in zip(files, _fetch(fs, [posixpath.join(root, rel) for rel, _ in files])):
+        where = f"{url}/{rel}"
+        if isinstance(data, FileNotFoundError):
+            raise InputError(f"{where}: missing")
+        if isinstance(data, Exception):
+            raise InputError(f"{where}: cannot be read ({data})")
+        rgb, info = decode_image(data, where, max_pixels)
+        if frame is not None:
+            rgb, K, info = _fit_camera(frame, data, rgb, info, where, poses.where, max_pixels)
+            exts.append(frame.cam_from_world)
+            Ks.append(K)
+        names.append(posixpath.basename(rel))
+        images.append(rgb)
+        infos.append({**info, "path": where})
+    depth = None
+    if with_depth and "depth" in top:
+        depth = _read_depth(fs, root, url, names, [im.shape[:2] for im in images])
+    return Collection(
+        url=url, names=tuple(names), images=tuple(images),
+        cam_from_world=np.stack(exts).astype(np.float64) if poses is not None else None,
+        intrinsics=np.stack(Ks).astype(np.float64) if poses is not None else None,
+        depth=depth, crs=poses.crs if poses else None, units=poses.units if poses else None,
+        source_format=poses.source_format if poses else "images", image_info=tuple(infos))

@@ -1,4 +1,4 @@
-"""Evaluate a network on collections that carry ground truth (``cameras.json`` and ``depth/``).
+"""Evaluate a network on collections that carry ground truth (cameras and ``depth/``).
 
     zipmap evaluate COLLECTION [COLLECTION ...] [--weights W] --json OUT.json
 
@@ -8,7 +8,8 @@ of :mod:`model.evaluation.metrics` compare them with the ground truth (predicted
 to the stored resolution; predicted world points from predicted depth and cameras). Beside it, a
 trivial baseline (constant depth, identity poses) gives every number a floor. The JSON report is
 ``{"overall": {...}, "collections": {"<id>": {...}}, "baseline": {"overall": {...}}}``; overall
-values are means over collections.
+values are means over collections. A collection's images must share one size (a collection of
+mixed sizes raises :class:`errors.InputError` naming it).
 """
 
 from __future__ import annotations
@@ -42,10 +43,11 @@ def input_size(height: int, width: int, target_width: int, patch: int) -> tuple[
 def predict_collection(model: ZipMap, coll: Collection) -> dict[str, np.ndarray]:
     """Cameras (``cam_from_world``), depth at the stored resolution and world points."""
     cfg = model.cfg
-    H, W = coll.images.shape[1:3]
+    images = coll.stacked_images()  # [S, H, W, 3]; the network takes one size per call
+    H, W = images.shape[1:3]
     h, w = input_size(H, W, cfg.img_size, cfg.patch_size)
     device = next(model.parameters()).device
-    x = torch.from_numpy(coll.images).permute(0, 3, 1, 2).float().div(255)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)
     x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
     out = model(x[None].to(device))
     ext, K = cameras_from_pose_encoding(out["pose_enc"].float(), (h, w))
@@ -57,25 +59,27 @@ def predict_collection(model: ZipMap, coll: Collection) -> dict[str, np.ndarray]
 
 
 def gt_points(coll: Collection) -> np.ndarray:
-    pts = world_points_from_depth(torch.from_numpy(coll.depth).double(), torch.from_numpy(coll.cam_from_world),
+    depth = coll.stacked_depth()
+    pts = world_points_from_depth(torch.from_numpy(depth).double(), torch.from_numpy(coll.cam_from_world),
                                   torch.from_numpy(coll.intrinsics))
-    return pts[torch.from_numpy(coll.depth > 0)].numpy()
+    return pts[torch.from_numpy(depth > 0)].numpy()
 
 
 def score(coll: Collection, truth_points: np.ndarray, pred_cams: np.ndarray, pred_depth: np.ndarray,
           pred_points: np.ndarray, pred_depth_median: float) -> dict[str, float]:
-    valid = coll.depth > 0
-    result = depth_metrics(pred_depth, coll.depth)
+    depth = coll.stacked_depth()
+    result = depth_metrics(pred_depth, depth)
     result.update(pose_metrics(pred_cams, coll.cam_from_world))
     result.update(trajectory_and_points(pred_cams, coll.cam_from_world, pred_points, truth_points,
-                                        pred_depth_median, float(np.median(coll.depth[valid]))))
+                                        pred_depth_median, float(np.median(depth[depth > 0]))))
     return result
 
 
 def baseline_prediction(coll: Collection) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Constant depth (the ground truth's median) and identity poses for every frame."""
-    S, H, W = coll.depth.shape
-    d = float(np.median(coll.depth[coll.depth > 0]))
+    truth = coll.stacked_depth()
+    S, H, W = truth.shape
+    d = float(np.median(truth[truth > 0]))
     cams = np.tile(np.eye(4)[:3], (S, 1, 1))
     depth = np.full((S, H, W), d, dtype=np.float32)
     K = np.tile(coll.intrinsics[:1], (S, 1, 1))
@@ -100,7 +104,8 @@ def evaluate(model: ZipMap, urls: Sequence[str], storage_options: Mapping[str, A
     for index, url in enumerate(urls):
         coll = read_collection(url, storage_options)
         if coll.cam_from_world is None or coll.depth is None:
-            raise InputError(f"{url}: evaluation needs cameras.json and depth/")
+            raise InputError(f"{url}: evaluation needs cameras (cameras.json, transforms.json or a COLMAP "
+                             f"model) and depth/")
         pred = predict_collection(model, coll)
         pred_median = float(np.median(pred["depth_at_input"]))
         cid = collection_id(url)
