@@ -24,6 +24,7 @@ from tasks.reconstruct import (
     decode_volume,
     finalize,
     place_in_world,
+    plan_volume,
     provenance,
     read_inputs,
     write_views,
@@ -43,7 +44,7 @@ def call_task(stage, *args, **kwargs):
 
 
 def run_reconstruction(src: str, out: str, collection_id: str | None = None, weights: str | None = None,
-                       voxel_size: float | None = None, max_voxels: int = 128, truncation_voxels: float = 4.0,
+                       voxel_size: float | None = None, max_voxels: int = 128, truncation_voxels: float = 3.0,
                        device: str | None = None, preset: str | None = None, max_offline_frames: int | None = None,
                        storage_options: dict | None = None, call: Callable = call_plain,
                        log: Callable[[str], None] = lambda msg: None, progress=None) -> dict:
@@ -67,14 +68,14 @@ def run_reconstruction(src: str, out: str, collection_id: str | None = None, wei
     report = stage("check_poses", check_poses, coll)
     views, zr = stage("zip_pass", zip_pass, coll, weights, device, preset, max_offline_frames)
     scene = stage("place_in_world", place_in_world, coll, views, zr, report)
+    plan = stage("plan_volume", plan_volume, scene, voxel_size, max_voxels, truncation_voxels)
     params = {"voxel_size": voxel_size, "max_voxels": max_voxels, "truncation_voxels": truncation_voxels,
               "device": zr.device, "max_offline_frames": max_offline_frames, "preset": preset}
     model = get_model(weights, preset, device)
     store = begin_store(out, cid, storage_options, provenance(src, cid, weights, params, storage_options, model.cfg))
     try:
         views_summary = stage("write_views", write_views, store, scene)
-        volume = stage("decode_volume", decode_volume, store, scene, voxel_size, max_voxels, truncation_voxels,
-                       device, progress=progress)
+        volume = stage("decode_volume", decode_volume, store, scene, plan, device, progress=progress)
         summary = {
             "collection_id": cid, "source": redact(src), "output": redact(store.url), "status": "complete",
             "num_views": coll.num_frames, "pose_source": coll.source_format, "poses_given": report.poses_given,

@@ -109,9 +109,12 @@ def choose_origin(cam_from_world: np.ndarray) -> np.ndarray:
 def place_in_world(coll: Collection, views: Views, zr: ZipResult, report: PoseCheckReport) -> Scene:
     """Given poses fix the world frame and metric scale (after the convention check); else the first
     predicted camera is the world frame, in the network's scene units."""
-    if coll.cam_from_world is None:
-        return Scene(coll.names, zr.images, zr.depth, zr.depth_conf, zr.cam_from_world, zr.cam_from_world,
-                     zr.intrinsics, np.zeros(3), "1", coll.crs, False, report)
+    if coll.cam_from_world is None:  # re-anchor exactly on the first predicted camera
+        T = np.tile(np.eye(4), (len(zr.cam_from_world), 1, 1))
+        T[:, :3] = zr.cam_from_world
+        cams = (T @ np.linalg.inv(T[0]))[:, :3]
+        return Scene(coll.names, zr.images, zr.depth, zr.depth_conf, cams, cams, zr.intrinsics, np.zeros(3), "1",
+                     coll.crs, False, report)
     source = report.source or redact(coll.url)
     given = np.asarray(coll.cam_from_world, dtype=np.float64)
     origin = choose_origin(given)
@@ -187,19 +190,37 @@ def write_views(store: ReconstructionStore, scene: Scene) -> dict:
             "depth_conf_min": float(scene.depth_conf.min()), "depth_conf_max": float(scene.depth_conf.max())}
 
 
-@task(name="decode-volume", cache_policy=NO_CACHE)
-def decode_volume(store: ReconstructionStore, scene: Scene, voxel_size: float | None = None, max_voxels: int = 128,
-                  truncation_voxels: float = 4.0, device: str | None = None, progress=None) -> dict:
-    """Fuse the views into a TSDF grid, chunk by chunk, each chunk written straight into the store."""
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+@dataclass
+class VolumePlan:
+    grid: fusion.VolumeGrid
+    truncation: float
+    bounds_min: np.ndarray  # of the confident points, local frame
+    bounds_max: np.ndarray
+
+
+@task(name="plan-volume", cache_policy=NO_CACHE)
+def plan_volume(scene: Scene, voxel_size: float | None = None, max_voxels: int = 128, truncation_voxels: float = 3.0,
+                min_conf_quantile: float = 0.2) -> VolumePlan:
+    """The grid over the robust bounds of the confident points (before anything is written, so a bad
+    voxel size fails without touching the output)."""
     points = torch.from_numpy(world_points(scene)).reshape(-1, 3)
     conf = torch.from_numpy(scene.depth_conf).reshape(-1)
     keep = torch.from_numpy(scene.depth > 0).reshape(-1) & torch.isfinite(points).all(1)
+    if keep.any():  # the least confident points (sky, far background) do not stretch the volume
+        keep &= conf >= torch.quantile(conf[keep][:1_000_000], min_conf_quantile)
     lo, hi = fusion.scene_bounds(points[keep], conf[keep])
     provisional = voxel_size or float(np.max(hi - lo)) / max_voxels
-    truncation = truncation_voxels * provisional
-    grid = fusion.make_grid(lo - truncation, hi + truncation, voxel_size, max_voxels=max_voxels)
-    truncation = truncation_voxels * grid.voxel_size
+    grid = fusion.make_grid(lo - truncation_voxels * provisional, hi + truncation_voxels * provisional, voxel_size,
+                            max_voxels=max_voxels)
+    return VolumePlan(grid, truncation_voxels * grid.voxel_size, lo, hi)
+
+
+@task(name="decode-volume", cache_policy=NO_CACHE)
+def decode_volume(store: ReconstructionStore, scene: Scene, plan: VolumePlan, device: str | None = None,
+                  progress=None) -> dict:
+    """Fuse the views into the planned TSDF grid, chunk by chunk, each chunk written straight into the store."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    grid, truncation, lo, hi = plan.grid, plan.truncation, plan.bounds_min, plan.bounds_max
     nz, ny, nx = grid.shape
     coords = grid.coords()
     c = min(VOLUME_CHUNK, max(grid.shape))
@@ -269,5 +290,6 @@ def provenance(src: str, collection_id: str, weights: str | None, params: dict, 
                                                                                           time.gmtime())}
 
 
-__all__ = ["read_inputs", "check_poses", "zip_pass", "place_in_world", "write_views", "decode_volume", "finalize",
+__all__ = ["read_inputs", "check_poses", "zip_pass", "place_in_world", "plan_volume", "write_views", "decode_volume",
+           "finalize", "VolumePlan",
            "begin_store", "provenance", "Scene", "code_version"]
