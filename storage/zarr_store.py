@@ -185,7 +185,8 @@ def open_reconstruction(url: str, storage_options: Mapping[str, Any] | None = No
         if status != COMPLETE:
             raise StorageError(f"{redact(url)}: not a complete reconstruction (zipmap_status={status!r})")
     kwargs = {} if is_local(url) else {"storage_options": dict(storage_options or {})}
-    return xr.open_datatree(str(url), engine="zarr", **kwargs)
+    consolidated = None if require_complete else False  # only a complete store has consolidated metadata
+    return xr.open_datatree(str(url), engine="zarr", consolidated=consolidated, **kwargs)
 
 
 __all__ = ["ReconstructionStore", "Variable", "read_attrs", "read_status", "open_reconstruction", "STATUS_KEY",

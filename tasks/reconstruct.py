@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -139,10 +140,12 @@ def _attrs(long_name: str, units: str | None = None, **extra) -> dict:
 
 
 def world_points(scene: Scene) -> np.ndarray:
-    """``[S, h, w, 3]`` float32 world points relative to ``scene.origin``."""
-    pts = world_points_from_depth(torch.from_numpy(scene.depth).double(), torch.from_numpy(scene.cam_from_world),
-                                  torch.from_numpy(scene.intrinsics))
-    return pts.float().numpy()
+    """``[S, h, w, 3]`` float32 world points relative to ``scene.origin`` (computed once per scene)."""
+    if "world_points" not in scene.info:
+        pts = world_points_from_depth(torch.from_numpy(scene.depth), torch.from_numpy(scene.cam_from_world).float(),
+                                      torch.from_numpy(scene.intrinsics).float())
+        scene.info["world_points"] = pts.numpy()
+    return scene.info["world_points"]
 
 
 @task(name="write-views", cache_policy=NO_CACHE)
@@ -232,7 +235,7 @@ def decode_volume(store: ReconstructionStore, scene: Scene, plan: VolumePlan, de
         **axis_vars,
         "tsdf": Variable(("z", "y", "x"), None, _attrs("truncated signed distance / truncation (positive in front "
                                                        "of surfaces, NaN unobserved)", "1"),
-                         (c, c, c), (nz, ny, nx), np.float32),
+                         (c, c, c), (nz, ny, nx), np.float16),
         "weight": Variable(("z", "y", "x"), None, _attrs("sum of confidence weights of the observations", "1"),
                            (c, c, c), (nz, ny, nx), np.float32, 0.0),
         "rgb": Variable(("z", "y", "x", "channel"), None, _attrs("weighted mean colour, sRGB", "1"),
@@ -246,22 +249,34 @@ def decode_volume(store: ReconstructionStore, scene: Scene, plan: VolumePlan, de
     K = torch.from_numpy(scene.intrinsics).to(dev)
     regions = list(grid.chunks(c))
     stats = {"observed": 0, "near_surface": 0, "chunks": len(regions)}
-    for k, region in enumerate(regions):
-        out = fusion.fuse_chunk(grid, region, depth, confs, colors, cams, K, truncation)
-        tsdf = out["tsdf"].cpu().numpy()
-        store.write_region("volume", "tsdf", region, tsdf)
-        store.write_region("volume", "weight", region, out["weight"].cpu().numpy())
-        store.write_region("volume", "rgb", tuple(region) + (slice(None),), out["rgb"].cpu().numpy())
-        observed = np.isfinite(tsdf)
-        stats["observed"] += int(observed.sum())
-        stats["near_surface"] += int((np.abs(tsdf[observed]) < 1).sum())
-        if progress is not None:
-            progress(k + 1, len(regions))
+    # compute chunk k+1 while chunk k is compressed and written (zstd and file/object I/O release the GIL)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-write") as writer:
+        pending = None
+        for k, region in enumerate(regions):
+            out = fusion.fuse_chunk(grid, region, depth, confs, colors, cams, K, truncation)
+            tsdf = out["tsdf"].cpu().numpy()
+            weight, rgb = out["weight"].cpu().numpy(), out["rgb"].cpu().numpy()
+            observed = np.isfinite(tsdf)
+            stats["observed"] += int(observed.sum())
+            stats["near_surface"] += int((np.abs(tsdf[observed]) < 1).sum())
+            if pending is not None:
+                pending.result()  # surfaces a write error before more work is done
+            pending = writer.submit(_write_chunk, store, region, tsdf, weight, rgb)
+            if progress is not None:
+                progress(k + 1, len(regions))
+        if pending is not None:
+            pending.result()
     total = nz * ny * nx
     return {"shape": [nz, ny, nx], "voxel_size": grid.voxel_size, "truncation": truncation,
             "observed_fraction": stats["observed"] / total, "occupied_fraction": stats["near_surface"] / total,
             "chunks": stats["chunks"], "bounds_min": (np.asarray(lo) + scene.origin).tolist(),
             "bounds_max": (np.asarray(hi) + scene.origin).tolist()}
+
+
+def _write_chunk(store: ReconstructionStore, region, tsdf, weight, rgb) -> None:
+    store.write_region("volume", "tsdf", region, tsdf.astype(np.float16))
+    store.write_region("volume", "weight", region, weight)
+    store.write_region("volume", "rgb", tuple(region) + (slice(None),), rgb)
 
 
 @task(name="finalize", cache_policy=NO_CACHE)
