@@ -51,6 +51,17 @@ def _demo(args) -> int:
     write_report(report, str(out / "report.json"))
     print(format_table(report))
     print(f"collections in {out / 'collections'}, report {out / 'report.json'}")
+    if args.reconstruct:
+        from flows.reconstruct import run_reconstruction
+
+        stores = []
+        for url in urls:
+            summary = run_reconstruction(url, str(out / "reconstructions"), weights=args.weights, device=args.device)
+            stores.append(summary["output"])
+            print(f"{summary['collection_id']}: {summary['status']} in {summary['timings']['total']:.1f} s "
+                  f"-> {summary['output']}")
+        print(f"open one with: python -c \"import xarray as xr; print(xr.open_datatree('{stores[0]}', "
+              f"engine='zarr'))\"")
     return 0
 
 
@@ -123,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--size", type=int, nargs=2, default=[112, 168], metavar=("H", "W"))
     demo.add_argument("--weights", default=None, help="checkpoint URL (default: the bundled model)")
     demo.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    demo.add_argument("--no-reconstruct", dest="reconstruct", action="store_false",
+                      help="only score; skip writing the Zarr reconstructions")
     rec = sub.add_parser("reconstruct", help="one collection -> OUT/<collection_id>.zarr (views and a TSDF volume)")
     rec.add_argument("src", help="collection folder or URL (cameras.json, transforms.json, COLMAP, or images only)")
     rec.add_argument("out", help="output folder or URL; the store is OUT/<collection_id>.zarr")

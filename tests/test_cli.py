@@ -18,3 +18,13 @@ def test_evaluate_command(tmp_path, capsys):
     assert sorted(report["collections"]) == ["blk", "blk#1"]
     printed = capsys.readouterr().out
     assert "OVERALL" in printed and "baseline" in printed and str(out) in printed
+
+
+def test_demo_scores_and_reconstructs(tmp_path, capsys):
+    from storage.zarr_store import read_status
+
+    assert main(["demo", "--out", str(tmp_path), "--paths", "street", "--frames", "4", "--size", "56", "84"]) == 0
+    out = capsys.readouterr().out
+    store = tmp_path / "reconstructions" / "street-1000000.zarr"
+    assert read_status(str(store)) == "complete" and "xr.open_datatree" in out
+    assert json.loads((tmp_path / "report.json").read_text())["collections"]
