@@ -78,11 +78,21 @@ def _reconstruct(args) -> int:
     def progress(done: int, total: int) -> None:
         print(f"\r  volume chunks {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
 
-    print(f"reconstructing {args.src}", file=sys.stderr)
+    from storage.urls import redact
+
+    storage_options = None
+    if args.storage_options:
+        try:
+            with open(args.storage_options) as f:
+                storage_options = json.load(f)
+        except (OSError, ValueError) as exc:
+            print(f"error: {args.storage_options}: cannot read storage options ({exc})", file=sys.stderr)
+            return 2
+    print(f"reconstructing {redact(args.src)}", file=sys.stderr)
     try:
         summary = run_reconstruction(args.src, args.out, args.id, args.weights, args.voxel_size, args.max_voxels,
-                                     device=args.device, max_offline_frames=args.max_offline_frames, log=log,
-                                     progress=progress)
+                                     device=args.device, max_offline_frames=args.max_offline_frames,
+                                     storage_options=storage_options, log=log, progress=progress)
     except ZipMapError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -148,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--max-offline-frames", type=int, default=None,
                      help="above this many frames, zip in streaming windows of this size")
     rec.add_argument("--json", default=None, help="also write the summary as JSON here")
+    rec.add_argument("--storage-options", default=None, metavar="FILE.json",
+                     help="fsspec/s3fs options as JSON (endpoint_url, key, secret, ...); default: the AWS_* "
+                          "environment variables")
     sub.add_parser("predict", help="run the network on photos (see python -m model.predict -h)")
     sub.add_parser("verify", help="check parity with a reference fixture")
     args = parser.parse_args(argv)
