@@ -117,11 +117,50 @@ def _run(model: ZipMap, x: torch.Tensor, window: int) -> dict:
     return {k: v for k, v in out.items() if k in ("pose_enc", "depth", "depth_conf")}
 
 
+def available_memory(device: torch.device) -> int:
+    """Bytes the pass may use: free GPU memory on CUDA, ``MemAvailable`` on the host otherwise."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 62  # unknown: do not limit
+
+
+def bytes_per_frame(model: ZipMap, height: int, width: int, dtype_bytes: int = 4) -> int:
+    """A deliberately generous estimate of the offline pass's memory per frame: the tokens of the
+    intermediate layers the heads read, a trunk layer's working set, and the DPT maps at full size."""
+    cfg = model.cfg
+    tokens = (height // cfg.patch_size) * (width // cfg.patch_size) + 1 + cfg.num_register_tokens
+    trunk = tokens * cfg.embed_dim * dtype_bytes * (2 * len(cfg.intermediate_layers) + 16)
+    heads = height * width * cfg.dpt_features * dtype_bytes * 4
+    return trunk + heads
+
+
+def offline_frame_limit(model: ZipMap, height: int, width: int, available: int | None = None,
+                        fraction: float = 0.5) -> int:
+    """How many frames one offline pass may take on the model's device (``fraction`` of what is free)."""
+    device = next(model.parameters()).device
+    available = available_memory(device) if available is None else available
+    dtype_bytes = 2 if device.type == "cuda" else 4
+    return max(1, int(fraction * available) // bytes_per_frame(model, height, width, dtype_bytes))
+
+
 def zip_collection(model: ZipMap, views: Views, max_offline_frames: int | None = None) -> ZipResult:
-    """One bidirectional pass over all views (streaming windows when they do not fit in memory)."""
+    """One bidirectional pass over all views; streaming windows when they do not fit in memory.
+
+    ``max_offline_frames`` defaults to :func:`offline_frame_limit` (an estimate from free memory);
+    on CUDA an out-of-memory error also halves the window and retries."""
     S = len(views.images)
     device = next(model.parameters()).device
-    window = 0 if max_offline_frames is None or S <= max_offline_frames else max(1, max_offline_frames)
+    if max_offline_frames is None:
+        max_offline_frames = offline_frame_limit(model, *views.images.shape[-2:])
+    window = 0 if S <= max_offline_frames else max(1, max_offline_frames)
     t0 = time.perf_counter()
     while True:
         try:
@@ -152,4 +191,4 @@ def weights_sha256(weights: str | None) -> str:
 
 
 __all__ = ["get_model", "default_device", "prepare_views", "zip_collection", "Views", "ZipResult", "input_size",
-           "weights_sha256"]
+           "weights_sha256", "offline_frame_limit", "bytes_per_frame", "available_memory"]
