@@ -2,6 +2,7 @@
 
     zipmap evaluate COLLECTION [COLLECTION ...] [--weights W] --json OUT.json
     zipmap reconstruct SRC OUT [--weights W] [--voxel-size M] [--device cpu|cuda]
+    zipmap batch MANIFEST OUT [--cluster ADDRESS | --workers N] [--weights W]
     zipmap demo [--out demo]  (generate city blocks, reconstruct them with the bundled model, score)
     zipmap predict ...        (same as python -m model.predict)
     zipmap verify FIXTURE.npz (same as python -m model.verify_reference)
@@ -52,16 +53,19 @@ def _demo(args) -> int:
     print(format_table(report))
     print(f"collections in {out / 'collections'}, report {out / 'report.json'}")
     if args.reconstruct:
-        from flows.reconstruct import run_reconstruction
+        import pandas as pd
 
-        stores = []
-        for url in urls:
-            summary = run_reconstruction(url, str(out / "reconstructions"), weights=args.weights, device=args.device)
-            stores.append(summary["output"])
-            print(f"{summary['collection_id']}: {summary['status']} in {summary['timings']['total']:.1f} s "
-                  f"-> {summary['output']}")
-        print(f"open one with: python -c \"import xarray as xr; print(xr.open_datatree('{stores[0]}', "
-              f"engine='zarr'))\"")
+        from flows.batch import run_batch
+
+        manifest = out / "manifest.csv"
+        pd.DataFrame({"collection_id": [Path(u).name for u in urls], "source": urls}).to_csv(manifest, index=False)
+        rows = run_batch(str(manifest), str(out / "reconstructions"), workers=args.workers, weights=args.weights,
+                         device=args.device, print_fn=print)
+        done = [r["output"] for r in rows if r["status"] in ("complete", "skipped")]
+        print(f"reconstructions in {out / 'reconstructions'}; run summaries in {out / 'reconstructions' / '_runs'}")
+        if done:
+            print(f"open one with: python -c \"import xarray as xr; print(xr.open_datatree('{done[0]}', "
+                  f"engine='zarr'))\"")
     return 0
 
 
@@ -101,6 +105,31 @@ def _reconstruct(args) -> int:
             json.dump(summary, f, indent=2)
     print(format_summary(summary))
     return 0
+
+
+def _load_storage_options(path: str | None):
+    import json
+
+    if not path:
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _batch(args) -> int:
+    """A manifest of collections over a Dask cluster (Prefect flow reconstruct_batch)."""
+    from errors import ZipMapError
+    from flows.batch import run_batch
+
+    try:
+        rows = run_batch(args.manifest, args.out, cluster=args.cluster, workers=args.workers, weights=args.weights,
+                         voxel_size=args.voxel_size, max_voxels=args.max_voxels, device=args.device,
+                         run_id=args.run_id, storage_options=_load_storage_options(args.storage_options),
+                         print_fn=print)
+    except (ZipMapError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 1 if any(r["status"] == "failed" for r in rows) else 0
 
 
 def format_summary(s: dict) -> str:
@@ -145,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--weights", default=None, help="checkpoint URL (default: the bundled model)")
     demo.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     demo.add_argument("--no-reconstruct", dest="reconstruct", action="store_false",
-                      help="only score; skip writing the Zarr reconstructions")
+                      help="only score; skip the batch that writes the Zarr reconstructions")
+    demo.add_argument("--workers", type=int, default=2, help="Dask worker processes for the batch")
     rec = sub.add_parser("reconstruct", help="one collection -> OUT/<collection_id>.zarr (views and a TSDF volume)")
     rec.add_argument("src", help="collection folder or URL (cameras.json, transforms.json, COLMAP, or images only)")
     rec.add_argument("out", help="output folder or URL; the store is OUT/<collection_id>.zarr")
@@ -161,10 +191,24 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--storage-options", default=None, metavar="FILE.json",
                      help="fsspec/s3fs options as JSON (endpoint_url, key, secret, ...); default: the AWS_* "
                           "environment variables")
+    bat = sub.add_parser("batch", help="every collection of a manifest (CSV/Parquet: collection_id, source) "
+                                       "over a Dask cluster -> OUT/<collection_id>.zarr, OUT/_runs/<run id>/")
+    bat.add_argument("manifest", help="manifest URL (.csv or .parquet)")
+    bat.add_argument("out", help="output folder or URL")
+    where = bat.add_mutually_exclusive_group()
+    where.add_argument("--cluster", default=None, help="Dask scheduler address (default: a LocalCluster)")
+    where.add_argument("--workers", type=int, default=2, help="worker processes of the LocalCluster")
+    bat.add_argument("--weights", default=None, help="checkpoint URL (default: the bundled model)")
+    bat.add_argument("--voxel-size", type=float, default=None)
+    bat.add_argument("--max-voxels", type=int, default=128)
+    bat.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    bat.add_argument("--run-id", default=None, help="default: UTC time + random suffix")
+    bat.add_argument("--storage-options", default=None, metavar="FILE.json")
     sub.add_parser("predict", help="run the network on photos (see python -m model.predict -h)")
     sub.add_parser("verify", help="check parity with a reference fixture")
     args = parser.parse_args(argv)
-    return {"evaluate": _evaluate, "demo": _demo, "reconstruct": _reconstruct}[args.command](args)
+    return {"evaluate": _evaluate, "demo": _demo, "reconstruct": _reconstruct,
+            "batch": _batch}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ Readers must treat anything but ``"complete"`` as not there (:func:`read_status`
 from __future__ import annotations
 
 import json
+import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from errors import StorageError
 from .urls import filesystem, is_local, redact
 
 STATUS_KEY = "zipmap_status"
+RUN_KEY = "zipmap_run_id"
 COMPLETE = "complete"
 FORMAT_VERSION = 1
 
@@ -90,9 +92,10 @@ def _default_fill(dtype) -> Any:
 class ReconstructionStore:
     """One reconstruction's Zarr store at ``url`` (local path or any fsspec URL)."""
 
-    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None):
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None, run_id: str | None = None):
         self.url = str(url).rstrip("/")
         self.storage_options = dict(storage_options or {})
+        self.run_id = run_id or uuid.uuid4().hex
         self._root: zarr.Group | None = None
 
     # -- writing ---------------------------------------------------------------------------------
@@ -104,7 +107,7 @@ class ReconstructionStore:
                 fs.rm(path, recursive=True)
             self._root = zarr.open_group(store=_store(self.url, self.storage_options), mode="w", zarr_format=3)
             self._root.attrs.update(_jsonable({**attrs, "zipmap_format_version": FORMAT_VERSION,
-                                               STATUS_KEY: "writing"}))
+                                               RUN_KEY: self.run_id, STATUS_KEY: "writing"}))
         except OSError as exc:
             raise StorageError(f"{redact(self.url)}: cannot create the output store ({exc})") from exc
 
@@ -138,21 +141,33 @@ class ReconstructionStore:
         target = self.root if group is None else self.root[group]
         target.attrs.update(_jsonable(attrs))
 
+    def owned(self) -> bool:
+        """Whether the store on storage still carries this writer's run id (another run may have taken over)."""
+        current = read_attrs(self.url, self.storage_options) or {}
+        return current.get(RUN_KEY) == self.run_id
+
     def complete(self, attrs: Mapping[str, Any] | None = None) -> None:
-        """Consolidate metadata, then — the last write — mark the store complete."""
+        """Consolidate metadata, then — the last write — mark the store complete.
+
+        Refuses (:class:`errors.StorageError`) when another run has begun the same store since this
+        one did, so two runs writing one output cannot both mark it complete."""
+        if not self.owned():
+            raise StorageError(f"{redact(self.url)}: another run took over this output; not marking it complete")
         if attrs:
             self.update_attrs(attrs)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
             zarr.consolidate_metadata(_store(self.url, self.storage_options))
         self._root = None
+        if not self.owned():
+            raise StorageError(f"{redact(self.url)}: another run took over this output; not marking it complete")
         self.update_attrs({STATUS_KEY: COMPLETE})
 
     def fail(self, reason: str) -> None:
         """Mark a store that was begun as failed (never complete); a no-op if nothing was created."""
         try:
-            if read_status(self.url, self.storage_options) is None:
-                return
+            if read_status(self.url, self.storage_options) is None or not self.owned():
+                return  # nothing of ours to mark
             self.update_attrs({STATUS_KEY: "failed", "zipmap_error": reason})
         except Exception:  # the original error matters more than a failure to record it  # noqa: BLE001
             pass

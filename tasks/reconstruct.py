@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import subprocess
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -25,7 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from model import fusion
 from model.geometry import world_points_from_depth
 from storage.collection import Collection, read_collection
-from storage.urls import join, public_options, redact
+from storage.urls import collection_id_from_url, join, public_options, redact, safe_id
 from storage.zarr_store import ReconstructionStore, Variable
 
 from .pose_checks import PoseCheckReport, check_convention, check_given_poses, compare_poses
@@ -267,7 +268,15 @@ def decode_volume(store: ReconstructionStore, scene: Scene, plan: VolumePlan, de
         if pending is not None:
             pending.result()
     total = nz * ny * nx
-    return {"shape": [nz, ny, nx], "voxel_size": grid.voxel_size, "truncation": truncation,
+    centres = -np.einsum("nba,nb->na", scene.cam_from_world[:, :3, :3], scene.cam_from_world[:, :3, 3])
+    box_lo = np.asarray(grid.origin) - grid.voxel_size / 2
+    box_hi = box_lo + np.array([nx, ny, nz]) * grid.voxel_size
+    mean_centre = centres.mean(0)
+    outside = np.maximum(np.maximum(box_lo - mean_centre, mean_centre - box_hi), 0)
+    return {"shape": [nz, ny, nx], "volume_extent": float((box_hi - box_lo).max()),
+            "camera_extent": float(np.linalg.norm(np.ptp(centres, axis=0))) if len(centres) > 1 else 0.0,
+            "camera_to_volume_distance": float(np.linalg.norm(outside)), "voxel_size": grid.voxel_size,
+            "truncation": truncation,
             "observed_fraction": stats["observed"] / total, "occupied_fraction": stats["near_surface"] / total,
             "chunks": stats["chunks"], "bounds_min": (np.asarray(lo) + scene.origin).tolist(),
             "bounds_max": (np.asarray(hi) + scene.origin).tolist()}
@@ -286,9 +295,9 @@ def finalize(store: ReconstructionStore, summary: dict) -> dict:
     return summary
 
 
-def begin_store(out: str, collection_id: str, storage_options: dict | None, attrs: dict[str, Any]
-                ) -> ReconstructionStore:
-    store = ReconstructionStore(join(out, f"{collection_id}.zarr"), storage_options)
+def begin_store(out: str, collection_id: str, storage_options: dict | None, attrs: dict[str, Any],
+                run_id: str | None = None) -> ReconstructionStore:
+    store = ReconstructionStore(join(out, f"{collection_id}.zarr"), storage_options, run_id=run_id)
     store.begin({"title": f"ZipMap reconstruction of {collection_id}", "Conventions": "CF-1.11", **attrs})
     return store
 
@@ -305,6 +314,75 @@ def provenance(src: str, collection_id: str, weights: str | None, params: dict, 
                                                                                           time.gmtime())}
 
 
-__all__ = ["read_inputs", "check_poses", "zip_pass", "place_in_world", "plan_volume", "write_views", "decode_volume",
-           "finalize", "VolumePlan",
-           "begin_store", "provenance", "Scene", "code_version"]
+# ---------------------------------------------------------------------------------------------------
+# the stage sequence of one collection (the flow and the CLI both run this)
+def call_plain(stage, *args, **kwargs):
+    """Run a Prefect task's function directly (no API, no task run)."""
+    return stage.fn(*args, **kwargs)
+
+
+def call_task(stage, *args, **kwargs):
+    """Run a stage as a Prefect task of the current flow run."""
+    return stage(*args, **kwargs)
+
+
+def run_reconstruction(src: str, out: str, collection_id: str | None = None, weights: str | None = None,
+                       voxel_size: float | None = None, max_voxels: int = 128, truncation_voxels: float = 3.0,
+                       device: str | None = None, preset: str | None = None, max_offline_frames: int | None = None,
+                       storage_options: dict | None = None, call: Callable = call_plain,
+                       log: Callable[[str], None] = lambda msg: None, progress=None, run_id: str | None = None,
+                       validate_inputs: Callable | None = None, validate_outputs: Callable | None = None) -> dict:
+    """Every stage for one collection; returns the summary also stored in the root attributes.
+
+    Input problems raise before anything is written (an earlier output stays as it was); a failure
+    after the store was begun marks it ``failed`` — never ``complete``. ``validate_inputs(collection,
+    collection_id)`` runs after reading and ``validate_outputs(summary)`` before the store is marked
+    complete; either raises to stop the run.
+    """
+    cid = safe_id(collection_id) if collection_id else collection_id_from_url(src)
+    timings: dict[str, float] = {}
+
+    def stage(name, fn, *args, **kwargs):
+        t0 = time.perf_counter()
+        result = call(fn, *args, **kwargs)
+        timings[name] = round(time.perf_counter() - t0, 4)
+        log(f"{name:<14} {timings[name]:7.2f} s")
+        return result
+
+    started = time.perf_counter()
+    coll = stage("read", read_inputs, src, storage_options)
+    if validate_inputs is not None:
+        validate_inputs(coll, cid)
+    report = stage("check_poses", check_poses, coll)
+    views, zr = stage("zip_pass", zip_pass, coll, weights, device, preset, max_offline_frames)
+    scene = stage("place_in_world", place_in_world, coll, views, zr, report)
+    plan = stage("plan_volume", plan_volume, scene, voxel_size, max_voxels, truncation_voxels)
+    params = {"voxel_size": voxel_size, "max_voxels": max_voxels, "truncation_voxels": truncation_voxels,
+              "device": zr.device, "max_offline_frames": max_offline_frames, "preset": preset}
+    model = get_model(weights, preset, device)
+    store = begin_store(out, cid, storage_options, provenance(src, cid, weights, params, storage_options, model.cfg),
+                        run_id=run_id)
+    try:
+        views_summary = stage("write_views", write_views, store, scene)
+        volume = stage("decode_volume", decode_volume, store, scene, plan, device, progress=progress)
+        summary = {
+            "collection_id": cid, "source": redact(src), "output": redact(store.url), "status": "complete",
+            "num_views": coll.num_frames, "pose_source": coll.source_format, "poses_given": report.poses_given,
+            "metric_scale": scene.metric, "units": scene.units, "crs": scene.crs, "origin": scene.origin.tolist(),
+            "zip_mode": zr.mode, "device": zr.device, "network_seconds": round(zr.seconds, 4),
+            "views": views_summary, "volume": volume, "pose_checks": report.to_dict(), "timings": timings,
+        }
+        summary["timings"]["total"] = round(time.perf_counter() - started, 4)
+        if validate_outputs is not None:
+            validate_outputs(summary)
+        stage("finalize", finalize, store, summary)
+    except BaseException as exc:
+        store.fail(f"{type(exc).__name__}: {exc}")
+        raise
+    summary["timings"]["total"] = round(time.perf_counter() - started, 4)
+    return summary
+
+
+__all__ = ["run_reconstruction", "call_plain", "call_task", "read_inputs", "check_poses", "zip_pass",
+           "place_in_world", "plan_volume", "write_views", "decode_volume", "finalize", "VolumePlan", "begin_store",
+           "provenance", "Scene", "code_version"]

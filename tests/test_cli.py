@@ -20,10 +20,11 @@ def test_evaluate_command(tmp_path, capsys):
     assert "OVERALL" in printed and "baseline" in printed and str(out) in printed
 
 
-def test_demo_scores_and_reconstructs(tmp_path, capsys):
+def test_demo_scores_and_reconstructs(prefect_server, tmp_path, capsys):
     from storage.zarr_store import read_status
 
-    assert main(["demo", "--out", str(tmp_path), "--paths", "street", "--frames", "4", "--size", "56", "84"]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--paths", "street", "--frames", "4", "--size", "56", "84",
+                 "--workers", "1"]) == 0
     out = capsys.readouterr().out
     store = tmp_path / "reconstructions" / "street-1000000.zarr"
     assert read_status(str(store)) == "complete" and "xr.open_datatree" in out

@@ -1,0 +1,148 @@
+"""The batch flow for real: Prefect (test harness server), a Dask cluster of worker processes, S3 on moto.
+
+Collections are tiny (4 frames of 56x84, coarse volumes) so each takes a second or two.
+"""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import s3fs
+import xarray as xr
+
+from model.synthetic import write_collection
+from storage.zarr_store import read_attrs, read_status
+
+pytestmark = pytest.mark.slow
+
+FRAMES, H, W = 4, 56, 84
+PARAMS = {"max_voxels": 24}
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_endpoint):
+    """Two real worker processes (Nannies restart a killed worker); they inherit the S3 variables."""
+    from distributed import LocalCluster
+
+    os.environ["AWS_ENDPOINT_URL"] = s3_endpoint
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      memory_limit="4GiB") as c:
+        yield c
+
+
+def _collections(bucket, opts, n=6):
+    rows = []
+    for i in range(n):
+        kind = ("street", "orbit", "aerial")[i % 3]
+        url = write_collection(f"s3://{bucket}/in/c{i}", 1_000_100 + i, kind, FRAMES, H, W, storage_options=opts)
+        if i % 2:  # every other collection without poses (images only)
+            s3fs.S3FileSystem(**opts).rm(f"{bucket}/in/c{i}/cameras.json")
+        rows.append({"collection_id": f"c{i}", "source": url})
+    return rows
+
+
+def _manifest(bucket, opts, rows, name="manifest.csv"):
+    fs = s3fs.S3FileSystem(**opts)
+    fs.pipe_file(f"{bucket}/{name}", pd.DataFrame(rows).to_csv(index=False).encode())
+    fs.invalidate_cache()
+    return f"s3://{bucket}/{name}"
+
+
+def _run(manifest, out, cluster, run_id=None):
+    from flows.batch import reconstruct_batch, task_runner
+
+    flow = reconstruct_batch.with_options(task_runner=task_runner(cluster.scheduler_address))
+    return flow(manifest, out, max_voxels=PARAMS["max_voxels"], run_id=run_id)
+
+
+def test_batch_on_dask_and_s3_with_bad_rows(prefect_server, s3_bucket, cluster):
+    bucket, opts = s3_bucket
+    rows = _collections(bucket, opts)
+    fs = s3fs.S3FileSystem(**opts)
+    fs.pipe_file(f"{bucket}/in/c2/images/001.png", b"\x89PNG\r\n\x1a\nthis is not a png")  # broken input
+    rows.append({"collection_id": "c3", "source": rows[3]["source"]})  # duplicated id
+    rows.append({"collection_id": "../escape", "source": rows[0]["source"]})  # unsafe id
+    manifest = _manifest(bucket, opts, rows)
+    out = f"s3://{bucket}/out"
+    result = {r["collection_id"]: r for r in _run(manifest, out, cluster, run_id="run-1")}
+    statuses = [r["status"] for r in _run_summary(fs, bucket, "run-1").to_dict("records")]
+    assert len(statuses) == len(rows) == 8
+    for cid in ("c0", "c1", "c3", "c4", "c5"):
+        assert result[cid]["status"] == "complete", result[cid]
+        url = f"{out}/{cid}.zarr"
+        assert read_status(url, opts) == "complete"
+        tree = xr.open_datatree(url, engine="zarr", storage_options=opts)
+        assert tree["views"]["depth"].shape[0] == FRAMES
+    assert result["c2"]["status"] == "failed" and "c2/images/001.png" in result["c2"]["reason"]
+    assert read_status(f"{out}/c2.zarr", opts) is None  # bad input never starts an output
+    table = _run_summary(fs, bucket, "run-1")
+    dup = table[(table.collection_id == "c3") & (table.status == "failed")]
+    assert len(dup) == 1 and "repeats" in dup.reason.iloc[0]
+    escape = table[table.collection_id == "../escape"]
+    assert escape.status.iloc[0] == "failed" and "../escape" in escape.reason.iloc[0]
+    assert not fs.exists(f"{bucket}/escape.zarr") and not fs.exists(f"{bucket}/out/../escape.zarr")
+    assert {"collection_id", "status", "reason", "output", "t_zip_pass", "t_decode_volume", "num_views"} <= set(
+        table.columns)
+    report = fs.cat_file(f"{bucket}/out/_runs/run-1/validation.md").decode()
+    assert "manifest" in report and "c2" in report
+    assert "testing" not in json.dumps(read_attrs(f"{out}/c0.zarr", opts))
+
+    # a rerun recomputes nothing: every complete output is skipped and left as it was
+    before = {cid: fs.info(f"{bucket}/out/{cid}.zarr/zarr.json")["LastModified"] for cid in ("c0", "c1")}
+    again = {r["collection_id"]: r["status"] for r in _run(manifest, out, cluster, run_id="run-2")}
+    assert all(again[c] == "skipped" for c in ("c0", "c1", "c3", "c4", "c5")), again
+    assert again["c2"] == "failed"
+    fs.invalidate_cache()
+    assert before == {cid: fs.info(f"{bucket}/out/{cid}.zarr/zarr.json")["LastModified"] for cid in ("c0", "c1")}
+
+
+def _run_summary(fs, bucket, run_id):
+    import io
+
+    fs.invalidate_cache()
+    return pd.read_parquet(io.BytesIO(fs.cat_file(f"{bucket}/out/_runs/{run_id}/summary.parquet")))
+
+
+def test_killed_worker_batch_completes_with_clean_outputs(prefect_server, s3_bucket, cluster, tmp_path):
+    bucket, opts = s3_bucket
+    rows = _collections(bucket, opts, n=6)
+    manifest = _manifest(bucket, opts, rows)
+    clean_out, out = f"s3://{bucket}/clean", f"s3://{bucket}/killed"
+    assert all(r["status"] == "complete" for r in _run(manifest, clean_out, cluster))
+
+    fs = s3fs.S3FileSystem(**opts)
+    killed = []
+
+    def kill_one_worker_when_busy():
+        from distributed import Client
+
+        with Client(cluster.scheduler_address) as client:
+            deadline = time.time() + 120
+            while time.time() < deadline:
+                fs.invalidate_cache()
+                started = fs.exists(f"{bucket}/killed") and fs.ls(f"{bucket}/killed")
+                processing = client.processing()
+                busy = [w for w, tasks in processing.items() if tasks]
+                if started and busy:
+                    pid = client.scheduler_info()["workers"][busy[0]]["pid"]
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+                time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_one_worker_when_busy)
+    killer.start()
+    result = _run(manifest, out, cluster)
+    killer.join()
+    assert killed, "no worker was killed (the batch finished first?)"
+    assert all(r["status"] == "complete" for r in result), result
+    for r in rows:
+        a = xr.open_datatree(f"{clean_out}/{r['collection_id']}.zarr", engine="zarr", storage_options=opts)
+        b = xr.open_datatree(f"{out}/{r['collection_id']}.zarr", engine="zarr", storage_options=opts)
+        np.testing.assert_array_equal(a["views"]["depth"].values, b["views"]["depth"].values)
+        np.testing.assert_array_equal(a["volume"]["tsdf"].values, b["volume"]["tsdf"].values)
