@@ -93,6 +93,8 @@ def test_batch_on_dask_and_s3_with_bad_rows(prefect_server, s3_bucket, cluster):
     report = fs.cat_file(f"{bucket}/out/_runs/run-1/validation.md").decode()
     assert "manifest" in report and "c2" in report
     assert "testing" not in json.dumps(read_attrs(f"{out}/c0.zarr", opts))
+    artifact = _latest_artifact("batch-summary")
+    assert "c0" in str(artifact.data) and "complete" in str(artifact.data)
 
     # a rerun recomputes nothing: every complete output is skipped and left as it was
     before = {cid: fs.info(f"{bucket}/out/{cid}.zarr/zarr.json")["LastModified"] for cid in ("c0", "c1")}
@@ -103,6 +105,20 @@ def test_batch_on_dask_and_s3_with_bad_rows(prefect_server, s3_bucket, cluster):
     assert again["c2"] == "failed"
     fs.invalidate_cache()
     assert before == {cid: fs.info(f"{bucket}/out/{cid}.zarr/zarr.json")["LastModified"] for cid in ("c0", "c1")}
+
+
+def _latest_artifact(key):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def read():
+        async with get_client() as client:
+            found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            return found[-1]
+
+    return asyncio.run(read())
 
 
 def _run_summary(fs, bucket, run_id):
