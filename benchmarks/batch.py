@@ -38,6 +38,7 @@ def main(argv=None) -> int:
     p.add_argument("--voxels", type=int, default=24)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--work", default="/tmp/zipmap-batch-bench")
+    p.add_argument("--per-task", type=int, default=0, help="collections per task (0 = auto, about 32 tasks)")
     args = p.parse_args(argv)
 
     from distributed import Client, LocalCluster
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
         sampler.start()
         flow = reconstruct_batch.with_options(task_runner=task_runner(cl.scheduler_address))
         t0 = time.time()
-        result = flow(str(manifest), str(out), max_voxels=args.voxels)
+        result = flow(str(manifest), str(out), max_voxels=args.voxels, collections_per_task=args.per_task or None)
         wall = time.time() - t0
         stop.set()
         sampler.join()
@@ -99,7 +100,7 @@ def main(argv=None) -> int:
         near = [max(mem.values()) for t, mem in samples if abs(t - t_k) < 1.0 and mem]
         tenths.append(round(max(near) / 2**20) if near else None)
     report = {"collections": args.collections, "frames": args.frames, "size": args.size, "voxels": args.voxels,
-              "workers": args.workers, "wall_s": round(wall, 2),
+              "workers": args.workers, "per_task": args.per_task or "auto", "wall_s": round(wall, 2),
               "collections_per_min": round(60 * args.collections / wall, 1),
               "task_seconds_sum": round(busy, 2), "overhead_share": round(overhead, 4),
               "statuses": table["status"].value_counts().to_dict(),

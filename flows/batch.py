@@ -27,7 +27,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from storage.tables import read_manifest, write_table
 from storage.urls import join, redact
-from tasks.batch import process_collection, summary_row
+from tasks.batch import process_collections, summary_row
 from validation import manifest_row_problems, render_report, validate_manifest
 
 SUMMARY_NAME = "summary.parquet"
@@ -81,38 +81,47 @@ def closing_table(rows: list[dict]) -> str:
 @flow(name="reconstruct-batch")
 def reconstruct_batch(manifest: str, out: str, weights: str | None = None, voxel_size: float | None = None,
                       max_voxels: int = 128, device: str | None = None, run_id: str | None = None,
-                      gpu: bool = False, storage_options: dict | None = None) -> list[dict]:
+                      gpu: bool = False, storage_options: dict | None = None,
+                      collections_per_task: int | None = 1) -> list[dict]:
     """Every collection of ``manifest`` into ``OUT/<collection_id>.zarr``; returns the summary rows.
 
     Run it with a Dask task runner (``reconstruct_batch.with_options(task_runner=task_runner(...))``,
-    as ``zipmap batch`` does); ``gpu`` makes each collection task claim a ``GPU`` resource."""
+    as ``zipmap batch`` does); ``gpu`` makes each collection task claim a ``GPU`` resource.
+    ``collections_per_task`` > 1 groups collections into one task each (less orchestration per
+    collection; the rows stay per collection); ``None`` picks about 32 tasks per batch."""
     logger = get_run_logger()
     run_id = run_id or new_run_id()
     t0 = time.perf_counter()
     df = read_manifest(manifest, storage_options)
-    manifest_outcome = validate_manifest(df)
-    problems = manifest_row_problems(df)
+    problems = manifest_row_problems(df)  # plain pandas: decides which rows run
     params = {"weights": weights, "voxel_size": voxel_size, "max_voxels": max_voxels, "device": device}
-    futures: dict[int, object] = {}
+    todo = [i for i in df.index if i not in problems]
+    per_task = collections_per_task or max(1, -(-len(todo) // 32))
+    groups = [todo[k:k + per_task] for k in range(0, len(todo), per_task)]
+    futures = []
     resources = dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext()
     with resources:
-        for i, row in df.iterrows():
-            if i in problems:
-                continue
-            futures[i] = process_collection.submit(row["collection_id"], row["source"], out, params,
-                                                   storage_options, run_id)
+        for group in groups:
+            items = [(df.at[i, "collection_id"], df.at[i, "source"]) for i in group]
+            futures.append(process_collections.submit(items, out, params, storage_options, run_id))
+    manifest_outcome = validate_manifest(df)  # the full suite, for the report, while the workers run
+    by_index: dict[int, dict] = {}
+    for group, future in zip(groups, futures):
+        try:
+            for i, row in zip(group, future.result()):
+                by_index[i] = row
+        except Exception as exc:  # the task itself failed (a worker lost too often)  # noqa: BLE001
+            for i in group:
+                by_index[i] = summary_row(df.at[i, "collection_id"], df.at[i, "source"], "failed",
+                                          f"{type(exc).__name__}: {exc}")
     rows = []
     for i, row in df.iterrows():
-        cid, src = row["collection_id"], row["source"]
-        cid = cid if isinstance(cid, str) else ""
-        src = src if isinstance(src, str) else ""
         if i in problems:
-            rows.append(summary_row(cid, src, "failed", f"manifest row {i + 1}: {problems[i]}"))
-            continue
-        try:
-            rows.append(futures[i].result())
-        except Exception as exc:  # retries exhausted, or a worker lost too often  # noqa: BLE001
-            rows.append(summary_row(cid, src, "failed", f"{type(exc).__name__}: {exc}"))
+            cid, src = row["collection_id"], row["source"]
+            rows.append(summary_row(cid if isinstance(cid, str) else "", src if isinstance(src, str) else "",
+                                    "failed", f"manifest row {i + 1}: {problems[i]}"))
+        else:
+            rows.append(by_index[i])
     elapsed = time.perf_counter() - t0
     run_dir = join(out, "_runs", run_id)
     table = pd.DataFrame(rows)
@@ -169,7 +178,8 @@ def prefect_api(log: Callable[[str], None] | None = None):
 def run_batch(manifest: str, out: str, cluster: str | None = None, workers: int = 2, weights: str | None = None,
               voxel_size: float | None = None, max_voxels: int = 128, device: str | None = None,
               run_id: str | None = None, storage_options: dict | None = None,
-              print_fn: Callable[[str], None] | None = None) -> list[dict]:
+              print_fn: Callable[[str], None] | None = None, collections_per_task: int | None = None,
+              ) -> list[dict]:
     """``zipmap batch``: choose the task runner, run the flow, print the closing table."""
     import torch
 
@@ -177,7 +187,8 @@ def run_batch(manifest: str, out: str, cluster: str | None = None, workers: int 
     runner = task_runner(cluster, workers)
     with prefect_api(print_fn):
         rows = reconstruct_batch.with_options(task_runner=runner)(manifest, out, weights, voxel_size, max_voxels,
-                                                                  device, run_id, gpu, storage_options)
+                                                                  device, run_id, gpu, storage_options,
+                                                                  collections_per_task)
     if print_fn is not None:
         print_fn(closing_table(rows))
     return rows

@@ -18,6 +18,7 @@ connection) raise, and Prefect retries them with exponential backoff.
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any
 
@@ -112,11 +113,8 @@ def summary_row(collection_id: str, source: str, status: str, reason: str = "", 
     return row
 
 
-@task(name="reconstruct-collection", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2),
-      retry_jitter_factor=0.5, retry_condition_fn=_retry_transient, cache_policy=NO_CACHE)
-def process_collection(collection_id: str, source: str, out: str, params: dict | None = None,
-                       storage_options: dict | None = None, run_id: str | None = None) -> dict:
-    """One collection of a batch -> its summary row (``complete``, ``failed`` or ``skipped``)."""
+def _process(collection_id: str, source: str, out: str, params: dict | None, storage_options: dict | None,
+             run_id: str | None) -> dict:
     t0 = time.perf_counter()
     url = join(out, f"{collection_id}.zarr")
     done = completed_summary(url, storage_options)
@@ -127,8 +125,7 @@ def process_collection(collection_id: str, source: str, out: str, params: dict |
                                      validate_inputs=check_images, validate_outputs=check_output,
                                      **(params or {}))
     except (InputError, PoseCheckError, ValidationFailed) as exc:
-        return summary_row(collection_id, source, "failed", str(exc), output="",
-                           seconds=time.perf_counter() - t0)
+        return summary_row(collection_id, source, "failed", str(exc), seconds=time.perf_counter() - t0)
     except ZipMapError as exc:
         if is_transient(exc):
             raise
@@ -137,5 +134,41 @@ def process_collection(collection_id: str, source: str, out: str, params: dict |
                        seconds=time.perf_counter() - t0)
 
 
-__all__ = ["process_collection", "summary_row", "output_row", "check_output", "check_images", "completed_summary",
-           "is_transient", "ValidationFailed", "STAGES"]
+def reconstruct_one(collection_id: str, source: str, out: str, params: dict | None = None,
+                    storage_options: dict | None = None, run_id: str | None = None, attempts: int = 3,
+                    backoff_s: float = 2.0) -> dict:
+    """One collection -> its summary row; transient errors are retried with exponential backoff and
+    jitter, anything else ends in a ``failed`` row (one collection never takes others down)."""
+    for attempt in range(attempts):
+        t0 = time.perf_counter()
+        try:
+            return _process(collection_id, source, out, params, storage_options, run_id)
+        except Exception as exc:  # noqa: BLE001
+            if is_transient(exc) and attempt + 1 < attempts:
+                time.sleep(backoff_s * 2 ** attempt * (0.5 + random.random()))
+                continue
+            tried = f" (after {attempt + 1} attempts)" if is_transient(exc) else ""
+            return summary_row(collection_id, source, "failed", f"{type(exc).__name__}: {exc}{tried}",
+                               seconds=time.perf_counter() - t0)
+    raise AssertionError("unreachable")
+
+
+@task(name="reconstruct-collection", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2),
+      retry_jitter_factor=0.5, retry_condition_fn=_retry_transient, cache_policy=NO_CACHE)
+def process_collection(collection_id: str, source: str, out: str, params: dict | None = None,
+                       storage_options: dict | None = None, run_id: str | None = None) -> dict:
+    """One collection of a batch -> its summary row (``complete``, ``failed`` or ``skipped``); transient
+    errors raise and Prefect retries them."""
+    return _process(collection_id, source, out, params, storage_options, run_id)
+
+
+@task(name="reconstruct-collections", cache_policy=NO_CACHE)
+def process_collections(items: list[tuple[str, str]], out: str, params: dict | None = None,
+                        storage_options: dict | None = None, run_id: str | None = None) -> list[dict]:
+    """Several collections in one task (fewer Prefect and Dask round trips per collection): one row each.
+    If the worker dies midway, the rerun skips what was already completed."""
+    return [reconstruct_one(cid, src, out, params, storage_options, run_id) for cid, src in items]
+
+
+__all__ = ["process_collection", "process_collections", "reconstruct_one", "summary_row", "output_row",
+           "check_output", "check_images", "completed_summary", "is_transient", "ValidationFailed", "STAGES"]
