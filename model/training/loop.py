@@ -113,12 +113,18 @@ def train(cfg: TrainConfig, log=print) -> Path:
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = ZipMap(get_config(cfg.preset)).to(device)
+    step, wall_before = 0, 0.0
+    state_path = out / "last.pt"
+    if not state_path.exists() and cfg.init_from:
+        from ..weights import load_state_dict_into, read_state_dict
+
+        # before the optimizer is built: loading assigns new parameter tensors
+        load_state_dict_into(model, read_state_dict(cfg.init_from), cfg.init_from, device=device)
+        log(f"initialised from {cfg.init_from}")
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2 and "token" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and (p.ndim < 2 or "token" in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
-    step, wall_before = 0, 0.0
-    state_path = out / "last.pt"
     if state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
@@ -127,11 +133,6 @@ def train(cfg: TrainConfig, log=print) -> Path:
         step = int(state["step"])
         wall_before = float(state.get("wall_s", 0.0))
         log(f"resumed from {state_path} at step {step}")
-    elif cfg.init_from:
-        from ..weights import load_state_dict_into, read_state_dict
-
-        load_state_dict_into(model, read_state_dict(cfg.init_from), cfg.init_from, device=device)
-        log(f"initialised from {cfg.init_from}")
     (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     log_path = out / "log.csv"
     fields = ["step", "wall_s", "lr", "loss", "camera", "depth", "points", "frames", "sec_per_step"]

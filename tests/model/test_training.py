@@ -49,3 +49,17 @@ def test_short_run_lowers_the_loss_and_resumes(tmp_path):
     assert [int(r["step"]) for r in rows][-2:] == [45, 50]
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert state["step"] == 50
+
+
+def test_run_initialised_from_weights_trains_those_weights(tmp_path):
+    """--init-from: the optimizer must step the loaded parameters (loading assigns new tensors)."""
+    from safetensors.numpy import load_file
+
+    base = TrainConfig(out=str(tmp_path / "a"), preset="tiny_ref_view", steps=2, warmup=1, min_frames=2, max_frames=2,
+                       height=28, width=42, log_every=1, checkpoint_every=2, snapshot_every=2, workers=0)
+    train(base, log=lambda *_: None)
+    start = str(tmp_path / "a" / "weights-000002.safetensors")
+    train(TrainConfig(**{**base.__dict__, "out": str(tmp_path / "b"), "init_from": start}), log=lambda *_: None)
+    before, after = load_file(start), load_file(str(tmp_path / "b" / "weights-000002.safetensors"))
+    changed = [k for k in before if not (before[k] == after[k]).all()]
+    assert len(changed) > len(before) // 2, f"only {len(changed)} of {len(before)} tensors changed"
