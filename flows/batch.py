@@ -152,6 +152,16 @@ def _write_text(url: str, text: str, storage_options: dict | None) -> None:
     fs.pipe_file(path, text.encode())
 
 
+def _flush_api_logs() -> None:
+    import logging
+
+    from prefect.logging.handlers import APILogHandler
+
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)]
+    for handler in {h for lg in loggers for h in getattr(lg, "handlers", []) if isinstance(h, APILogHandler)}:
+        handler.flush()
+
+
 @contextlib.contextmanager
 def prefect_api(log: Callable[[str], None] | None = None):
     """Make sure flow and Dask workers talk to one Prefect API: the one ``PREFECT_API_URL`` names, else a
@@ -171,6 +181,7 @@ def prefect_api(log: Callable[[str], None] | None = None):
     try:
         yield server.api_url
     finally:
+        _flush_api_logs()  # ship the run's last logs before the server goes
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
 
