@@ -96,10 +96,11 @@ def completed_summary(url: str, storage_options: dict | None) -> dict | None:
 
 
 def summary_row(collection_id: str, source: str, status: str, reason: str = "", summary: dict | None = None,
-                output: str = "", seconds: float = 0.0) -> dict[str, Any]:
-    """One row of the run summary: id, status, reason, timings per stage, metrics, output URL."""
+                output: str = "", seconds: float = 0.0, started: float = float("nan")) -> dict[str, Any]:
+    """One row of the run summary: id, status, reason, start (epoch s), timings per stage, metrics, output URL."""
     row: dict[str, Any] = {"collection_id": collection_id, "source": redact(source), "status": status,
-                           "reason": reason, "output": redact(output), "seconds": round(seconds, 3)}
+                           "reason": reason, "output": redact(output), "started": started,
+                           "seconds": round(seconds, 3)}
     timings = (summary or {}).get("timings", {})
     for stage in STAGES:
         row[f"t_{stage}"] = float(timings.get(stage, np.nan))
@@ -115,23 +116,25 @@ def summary_row(collection_id: str, source: str, status: str, reason: str = "", 
 
 def _process(collection_id: str, source: str, out: str, params: dict | None, storage_options: dict | None,
              run_id: str | None) -> dict:
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     url = join(out, f"{collection_id}.zarr")
     done = completed_summary(url, storage_options)
     if done is not None:
-        return summary_row(collection_id, source, "skipped", summary=done, output=url)
+        return summary_row(collection_id, source, "skipped", summary=done, output=url, started=started)
     try:
         summary = run_reconstruction(source, out, collection_id, storage_options=storage_options, run_id=run_id,
                                      validate_inputs=check_images, validate_outputs=check_output,
                                      **(params or {}))
     except (InputError, PoseCheckError, ValidationFailed) as exc:
-        return summary_row(collection_id, source, "failed", str(exc), seconds=time.perf_counter() - t0)
+        return summary_row(collection_id, source, "failed", str(exc), seconds=time.perf_counter() - t0,
+                           started=started)
     except ZipMapError as exc:
         if is_transient(exc):
             raise
-        return summary_row(collection_id, source, "failed", str(exc), seconds=time.perf_counter() - t0)
+        return summary_row(collection_id, source, "failed", str(exc), seconds=time.perf_counter() - t0,
+                           started=started)
     return summary_row(collection_id, source, "complete", summary=summary, output=url,
-                       seconds=time.perf_counter() - t0)
+                       seconds=time.perf_counter() - t0, started=started)
 
 
 def reconstruct_one(collection_id: str, source: str, out: str, params: dict | None = None,

@@ -163,3 +163,24 @@ def test_killed_worker_batch_completes_with_clean_outputs(prefect_server, s3_buc
         b = xr.open_datatree(f"{out}/{r['collection_id']}.zarr", engine="zarr", storage_options=opts)
         np.testing.assert_array_equal(a["views"]["depth"].values, b["views"]["depth"].values)
         np.testing.assert_array_equal(a["volume"]["tsdf"].values, b["volume"]["tsdf"].values)
+
+
+def test_gpu_workers_get_one_collection_at_a_time(prefect_server, tmp_path):
+    """On a cluster whose worker advertises GPU=1, collection tasks claim the GPU: they run one at a
+    time although the worker has two threads, and the batch completes (no task waits forever)."""
+    from distributed import LocalCluster
+
+    from flows.batch import gpu_workers, reconstruct_batch, task_runner
+
+    rows = [{"collection_id": f"g{i}", "source": write_collection(str(tmp_path / "in" / f"g{i}"), 1_000_200 + i,
+                                                                  "orbit", FRAMES, H, W)} for i in range(3)]
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None,
+                      resources={"GPU": 1}, memory_limit="4GiB") as gpu_cluster:
+        assert gpu_workers(gpu_cluster.scheduler_address) == 1
+        flow = reconstruct_batch.with_options(task_runner=task_runner(gpu_cluster.scheduler_address))
+        result = flow(str(manifest), str(tmp_path / "out"), max_voxels=16, gpu=True)
+    assert [r["status"] for r in result] == ["complete"] * 3
+    spans = sorted((r["started"], r["started"] + r["seconds"]) for r in result)
+    assert all(b[0] >= a[1] - 0.05 for a, b in zip(spans, spans[1:])), spans  # never two at once
