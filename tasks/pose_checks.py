@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from errors import PoseCheckError
+from model.evaluation.metrics import camera_centres
 
 ORTHONORMAL_TOL = 1e-3
 DUPLICATE_TOL = 1e-6  # relative to the camera extent (or 1 unit), and 1e-3 degrees
@@ -76,11 +77,6 @@ def _homogeneous(cam_from_world: np.ndarray) -> np.ndarray:
     T = np.tile(np.eye(4), (len(cam_from_world), 1, 1))
     T[:, :3, :4] = cam_from_world[:, :3, :4]
     return T
-
-
-def camera_centres(cam_from_world: np.ndarray) -> np.ndarray:
-    R, t = cam_from_world[:, :3, :3], cam_from_world[:, :3, 3]
-    return -np.einsum("nba,nb->na", R, t)
 
 
 def _extent(cam_from_world: np.ndarray) -> float:
@@ -270,20 +266,6 @@ def check_convention(depth: np.ndarray, pred_cams: np.ndarray, given: np.ndarray
     return report
 
 
-def umeyama_sim3(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Least-squares ``s, R, t`` with ``dst ~ s R src + t`` for ``[N, 3]`` points."""
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    xs, xd = src - mu_s, dst - mu_d
-    U, D, Vt = np.linalg.svd(xd.T @ xs / len(src))
-    E = np.eye(3)
-    if np.linalg.det(U) * np.linalg.det(Vt) < 0:
-        E[2, 2] = -1
-    R = U @ E @ Vt
-    var = (xs ** 2).sum() / len(src)
-    s = float(np.trace(np.diag(D) @ E) / var) if var > 0 else 1.0
-    return s, R, mu_d - s * R @ mu_s
-
-
 def _nearest_rotation(M: np.ndarray) -> np.ndarray:
     U, _, Vt = np.linalg.svd(M)
     return U @ np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt)) or 1.0]) @ Vt
@@ -338,4 +320,4 @@ def compare_poses(pred: np.ndarray, given: np.ndarray, pred_depth_median: float,
 
 
 __all__ = ["PoseCheckReport", "check_given_poses", "candidate_poses", "best_depth_scale", "check_convention",
-           "relative_directions", "compare_poses", "align_cameras", "umeyama_sim3", "CONVENTIONS"]
+           "relative_directions", "compare_poses", "align_cameras", "camera_centres", "CONVENTIONS"]
