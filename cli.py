@@ -3,6 +3,7 @@
     zipmap evaluate COLLECTION [COLLECTION ...] [--weights W] --json OUT.json
     zipmap reconstruct SRC OUT [--weights W] [--voxel-size M] [--device cpu|cuda]
     zipmap batch MANIFEST OUT [--cluster ADDRESS | --workers N] [--weights W]
+    zipmap manifest SRC_PREFIX OUT.parquet [--since TIME]
     zipmap demo [--out demo]  (generate city blocks, reconstruct them with the bundled model, score)
     zipmap predict ...        (same as python -m model.predict)
     zipmap verify FIXTURE.npz (same as python -m model.verify_reference)
@@ -132,6 +133,30 @@ def _batch(args) -> int:
     return 1 if any(r["status"] == "failed" for r in rows) else 0
 
 
+def _manifest(args) -> int:
+    """Every collection under a prefix -> a manifest (Parquet or CSV by the extension of OUT)."""
+    from errors import ZipMapError
+    from storage.manifest import list_collections
+    from storage.tables import write_table
+    from storage.urls import redact
+
+    options = _load_storage_options(args.storage_options)
+    try:
+        listing = list_collections(args.prefix, options, since=args.since)
+        table = listing.table.copy()
+        if not args.out.endswith(".parquet"):
+            table["modified"] = table["modified"].map(lambda t: t.isoformat() if t is not None else "")
+        write_table(table, args.out, options)
+    except (ZipMapError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for url, reason in listing.skipped:
+        print(f"skipped {redact(url)}: {reason}", file=sys.stderr)
+    since = f" changed since {args.since}" if args.since else ""
+    print(f"{len(table)} collection(s){since} under {redact(args.prefix)} -> {redact(args.out)}")
+    return 0
+
+
 def format_summary(s: dict) -> str:
     vol, pc = s["volume"], s["pose_checks"]
     rows = [
@@ -204,11 +229,18 @@ def main(argv: list[str] | None = None) -> int:
     bat.add_argument("--device", choices=["cpu", "cuda"], default=None)
     bat.add_argument("--run-id", default=None, help="default: UTC time + random suffix")
     bat.add_argument("--storage-options", default=None, metavar="FILE.json")
+    man = sub.add_parser("manifest", help="list every collection under a folder or prefix into a manifest")
+    man.add_argument("prefix", help="folder or URL (s3://bucket/city/) to search, at any depth")
+    man.add_argument("out", help="manifest to write (.parquet, else CSV)")
+    man.add_argument("--since", default=None, metavar="TIME",
+                     help="only collections changed after TIME: ISO 8601 (2026-11-24T02:00Z; UTC if no zone) "
+                          "or an age (90m, 24h, 7d)")
+    man.add_argument("--storage-options", default=None, metavar="FILE.json")
     sub.add_parser("predict", help="run the network on photos (see python -m model.predict -h)")
     sub.add_parser("verify", help="check parity with a reference fixture")
     args = parser.parse_args(argv)
     return {"evaluate": _evaluate, "demo": _demo, "reconstruct": _reconstruct,
-            "batch": _batch}[args.command](args)
+            "batch": _batch, "manifest": _manifest}[args.command](args)
 
 
 if __name__ == "__main__":

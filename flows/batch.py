@@ -23,8 +23,9 @@ from collections.abc import Callable
 import dask
 import pandas as pd
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
+from errors import ConfigError
 from storage.tables import read_manifest, write_table
 from storage.urls import join, redact
 from tasks.batch import process_collections, summary_row
@@ -37,21 +38,31 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
 
 
-def gpu_workers(address: str | None) -> int:
-    """How many workers of the cluster at ``address`` offer a ``GPU`` resource (0 without an address)."""
-    if not address:
-        return 0
-    from distributed import Client
+PROFILE_ENV = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"
 
-    with Client(address, timeout=30) as client:
-        return sum(1 for w in client.scheduler_info(n_workers=-1)["workers"].values()
-                   if w.get("resources", {}).get("GPU", 0) > 0)
+
+def worker_config() -> dict:
+    """Dask configuration for the worker processes this package starts.
+
+    Dask's statistical profiler samples every worker thread's stack every 10 ms and keeps a tree of
+    the samples per second for the last 1,000 seconds; the network's deep call stacks make that
+    ~0.4-0.6 MiB per collection of worker memory, growing for the first quarter hour of every batch
+    (see docs/benchmarks.md). It is off unless ``DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED`` says
+    otherwise (the dashboard's profile page then stays empty).
+
+    The workers also preload the batch tasks (torch, Prefect's task engine, the pipeline: a few
+    seconds per process), so that cost is paid when the cluster starts, not by the first batch.
+    Returned as the whole configuration: the nanny merges it over its own only at the top level."""
+    worker = {"preload": list(dict.fromkeys([*dask.config.get("distributed.worker.preload", []), "tasks.batch"]))}
+    if not os.environ.get(PROFILE_ENV):
+        worker["profile"] = {"enabled": False}
+    return dask.config.merge(dask.config.config, {"distributed": {"worker": worker}})
 
 
 def task_runner(cluster: str | None = None, workers: int = 2, threads_per_worker: int = 1,
                 memory_limit: str = "auto"):
     """``DaskTaskRunner`` for a scheduler address, or a new LocalCluster of ``workers`` processes
-    (advertising ``GPU=1`` each when CUDA is present)."""
+    (advertising ``GPU=1`` each when CUDA is present; Dask's profiler off, see :func:`worker_config`)."""
     from prefect_dask import DaskTaskRunner
 
     if cluster:
@@ -59,10 +70,53 @@ def task_runner(cluster: str | None = None, workers: int = 2, threads_per_worker
     import torch
 
     kwargs = {"n_workers": workers, "threads_per_worker": threads_per_worker, "processes": True,
-              "dashboard_address": None, "memory_limit": memory_limit}
+              "dashboard_address": None, "memory_limit": memory_limit, "config": worker_config()}
     if torch.cuda.is_available():
         kwargs["resources"] = {"GPU": 1}
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=kwargs)
+
+
+MAX_PER_TASK = 50
+
+
+def plan_groups(n: int, slots: int, per_task: int | None = None, max_per_task: int = MAX_PER_TASK) -> list[range]:
+    """Split ``n`` collections into consecutive groups, one task each.
+
+    ``per_task`` fixes the group size. Without it the sizes are guided: each group takes
+    ceil(remaining / (2 x slots)) collections (at most ``max_per_task``), so the first tasks are large
+    (few Prefect task runs and Dask round trips per collection) and the last ones hold a single
+    collection (the workers finish together instead of one waiting on another's long last task)."""
+    if per_task:
+        return [range(k, min(n, k + per_task)) for k in range(0, n, per_task)]
+    groups, k = [], 0
+    while k < n:
+        size = min(max_per_task, max(1, -(-(n - k) // (2 * max(1, slots)))))
+        groups.append(range(k, k + size))
+        k += size
+    return groups
+
+
+def task_slots(gpu: bool = False, runner=None, default: int | None = None) -> int:
+    """How many collection tasks ``runner`` (default: the current flow run's task runner) runs at once:
+    the GPUs (when tasks claim one) or the worker threads of its Dask cluster; a thread pool's size
+    otherwise (or ``default`` when given)."""
+    from prefect.context import FlowRunContext
+
+    if runner is None:
+        runner = getattr(FlowRunContext.get(), "task_runner", None)
+    try:
+        from prefect_dask import DaskTaskRunner
+
+        if isinstance(runner, DaskTaskRunner):
+            workers = runner.client.scheduler_info(n_workers=-1)["workers"].values()
+            if gpu:
+                return int(sum(w.get("resources", {}).get("GPU", 0) for w in workers))
+            return max(1, sum(int(w.get("nthreads", 1)) for w in workers))
+    except Exception:  # noqa: BLE001  (no cluster information: fall back to a guess)
+        pass
+    if default is not None:
+        return default
+    return max(1, int(getattr(runner, "_max_workers", 0) or os.cpu_count() or 1))
 
 
 def closing_table(rows: list[dict]) -> str:
@@ -78,42 +132,111 @@ def closing_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+class ClusterError(ConfigError):
+    """The Dask cluster named by ``cluster`` cannot be reached."""
+
+
+@contextlib.contextmanager
+def _dask_runner(cluster: str | None, workers: int):
+    """The flow run's DaskTaskRunner when it was given one (``with_options``), else one started here on
+    ``cluster`` (a scheduler address) or on a new LocalCluster of ``workers`` processes."""
+    from prefect.context import FlowRunContext
+    from prefect_dask import DaskTaskRunner
+
+    ctx = FlowRunContext.get()
+    current = getattr(ctx, "task_runner", None)
+    if isinstance(current, DaskTaskRunner):
+        yield current
+        return
+    runner = task_runner(cluster, workers)
+    try:
+        runner.__enter__()
+    except (OSError, TimeoutError) as exc:
+        raise ClusterError(f"cannot reach the Dask scheduler at {cluster!r} ({type(exc).__name__}: {exc}); "
+                           "start it (`dask scheduler`) or give the right address (--cluster / the `cluster` "
+                           "parameter); leave it empty for a local cluster") from None
+    try:
+        yield runner
+    finally:
+        runner.__exit__(None, None, None)
+
+
+def _dashboard_link(runner) -> str | None:
+    try:
+        return runner.client.dashboard_link
+    except Exception:  # noqa: BLE001  (a scheduler without a dashboard)
+        return None
+
+
 @flow(name="reconstruct-batch")
-def reconstruct_batch(manifest: str, out: str, weights: str | None = None, voxel_size: float | None = None,
-                      max_voxels: int = 128, device: str | None = None, run_id: str | None = None,
-                      gpu: bool = False, storage_options: dict | None = None,
-                      collections_per_task: int | None = 1) -> list[dict]:
+def reconstruct_batch(manifest: str | None = None, out: str = "", weights: str | None = None,
+                      voxel_size: float | None = None, max_voxels: int = 128, device: str | None = None,
+                      run_id: str | None = None, gpu: bool | None = None, storage_options: dict | None = None,
+                      collections_per_task: int | None = None, cluster: str | None = None, workers: int = 2,
+                      prefix: str | None = None, since: str | None = None) -> list[dict]:
     """Every collection of ``manifest`` into ``OUT/<collection_id>.zarr``; returns the summary rows.
 
-    Run it with a Dask task runner (``reconstruct_batch.with_options(task_runner=task_runner(...))``,
-    as ``zipmap batch`` does); ``gpu`` makes each collection task claim a ``GPU`` resource.
-    ``collections_per_task`` > 1 groups collections into one task each (less orchestration per
-    collection; the rows stay per collection); ``None`` picks about 32 tasks per batch."""
+    ``manifest``: a CSV/Parquet URL; or leave it empty and give ``prefix``, whose collections are
+    listed as ``zipmap manifest PREFIX`` does (``since``: only those changed after a time, e.g.
+    ``24h``); that manifest is kept as ``OUT/_runs/<run id>/manifest.parquet``.
+    ``cluster``: a Dask scheduler address; empty means a LocalCluster of ``workers`` processes
+    started for the run. A DaskTaskRunner given with ``with_options`` takes precedence.
+    ``gpu``: each collection task claims a ``GPU`` resource (default: when the cluster has GPU
+    workers). ``collections_per_task`` > 1 groups collections into one task each (less
+    orchestration per collection; the rows stay per collection); empty sizes the groups by
+    :func:`plan_groups`, from the cluster's task slots."""
     logger = get_run_logger()
     run_id = run_id or new_run_id()
     t0 = time.perf_counter()
-    df = read_manifest(manifest, storage_options)
+    if not out:
+        raise ConfigError("reconstruct-batch: `out` (the output folder or URL) is required")
+    run_dir = join(out, "_runs", run_id)
+    if manifest:
+        df = read_manifest(manifest, storage_options)
+    elif prefix:
+        from storage.manifest import list_collections
+
+        listing = list_collections(prefix, storage_options, since=since)
+        for url, reason in listing.skipped:
+            logger.warning("skipped %s: %s", redact(url), reason)
+        df = listing.table
+        manifest = join(run_dir, "manifest.parquet")
+        write_table(df, manifest, storage_options)
+        logger.info("%d collection(s) under %s%s", len(df), redact(prefix), f" changed since {since}" if since else "")
+    else:
+        raise ConfigError("reconstruct-batch: give `manifest` (a CSV/Parquet URL) or `prefix` (a folder to list)")
     problems = manifest_row_problems(df)  # plain pandas: decides which rows run
     params = {"weights": weights, "voxel_size": voxel_size, "max_voxels": max_voxels, "device": device}
     todo = [i for i in df.index if i not in problems]
-    per_task = collections_per_task or max(1, -(-len(todo) // 32))
-    groups = [todo[k:k + per_task] for k in range(0, len(todo), per_task)]
-    futures = []
-    resources = dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext()
-    with resources:
-        for group in groups:
-            items = [(df.at[i, "collection_id"], df.at[i, "source"]) for i in group]
-            futures.append(process_collections.submit(items, out, params, storage_options, run_id))
-    manifest_outcome = validate_manifest(df)  # the full suite, for the report, while the workers run
-    by_index: dict[int, dict] = {}
-    for group, future in zip(groups, futures):
-        try:
-            for i, row in zip(group, future.result()):
-                by_index[i] = row
-        except Exception as exc:  # the task itself failed (a worker lost too often)  # noqa: BLE001
-            for i in group:
-                by_index[i] = summary_row(df.at[i, "collection_id"], df.at[i, "source"], "failed",
-                                          f"{type(exc).__name__}: {exc}")
+    with _dask_runner(cluster, workers) as runner:
+        link = _dashboard_link(runner)
+        if link:
+            logger.info("Dask dashboard: %s", link)
+            create_link_artifact(link=link, link_text="Dask dashboard", key="dask-dashboard",
+                                 description=f"run {run_id}")
+        if gpu is None:
+            gpu = task_slots(gpu=True, runner=runner, default=0) > 0
+        plan = plan_groups(len(todo), task_slots(gpu, runner=runner) if not collections_per_task else 1,
+                           collections_per_task)
+        groups = [[todo[k] for k in r] for r in plan]
+        futures = []
+        resources = dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext()
+        with resources:
+            for group in groups:
+                items = [(df.at[i, "collection_id"], df.at[i, "source"]) for i in group]
+                futures.append(runner.submit(process_collections, parameters={
+                    "items": items, "out": out, "params": params, "storage_options": storage_options,
+                    "run_id": run_id}))
+        manifest_outcome = validate_manifest(df)  # the full suite, for the report, while the workers run
+        by_index: dict[int, dict] = {}
+        for group, future in zip(groups, futures):
+            try:
+                for i, row in zip(group, future.result()):
+                    by_index[i] = row
+            except Exception as exc:  # the task itself failed (a worker lost too often)  # noqa: BLE001
+                for i in group:
+                    by_index[i] = summary_row(df.at[i, "collection_id"], df.at[i, "source"], "failed",
+                                              f"{type(exc).__name__}: {exc}")
     rows = []
     for i, row in df.iterrows():
         if i in problems:
@@ -123,7 +246,6 @@ def reconstruct_batch(manifest: str, out: str, weights: str | None = None, voxel
         else:
             rows.append(by_index[i])
     elapsed = time.perf_counter() - t0
-    run_dir = join(out, "_runs", run_id)
     table = pd.DataFrame(rows)
     table["run_id"] = run_id
     write_table(table, join(run_dir, SUMMARY_NAME), storage_options)
@@ -186,23 +308,21 @@ def prefect_api(log: Callable[[str], None] | None = None):
         server.stop()
 
 
-def run_batch(manifest: str, out: str, cluster: str | None = None, workers: int = 2, weights: str | None = None,
-              voxel_size: float | None = None, max_voxels: int = 128, device: str | None = None,
-              run_id: str | None = None, storage_options: dict | None = None,
+def run_batch(manifest: str | None, out: str, cluster: str | None = None, workers: int = 2,
+              weights: str | None = None, voxel_size: float | None = None, max_voxels: int = 128,
+              device: str | None = None, run_id: str | None = None, storage_options: dict | None = None,
               print_fn: Callable[[str], None] | None = None, collections_per_task: int | None = None,
-              ) -> list[dict]:
-    """``zipmap batch``: choose the task runner, run the flow, print the closing table."""
-    import torch
-
-    gpu = gpu_workers(cluster) > 0 if cluster else torch.cuda.is_available()
-    runner = task_runner(cluster, workers)
+              prefix: str | None = None, since: str | None = None) -> list[dict]:
+    """``zipmap batch``: run the flow (against ``PREFECT_API_URL``, else a local server), print the
+    closing table."""
     with prefect_api(print_fn):
-        rows = reconstruct_batch.with_options(task_runner=runner)(manifest, out, weights, voxel_size, max_voxels,
-                                                                  device, run_id, gpu, storage_options,
-                                                                  collections_per_task)
+        rows = reconstruct_batch(manifest, out, weights, voxel_size, max_voxels, device, run_id, None,
+                                 storage_options, collections_per_task, cluster=cluster, workers=workers,
+                                 prefix=prefix, since=since)
     if print_fn is not None:
         print_fn(closing_table(rows))
     return rows
 
 
-__all__ = ["reconstruct_batch", "run_batch", "task_runner", "closing_table", "new_run_id", "SUMMARY_NAME"]
+__all__ = ["reconstruct_batch", "run_batch", "task_runner", "worker_config", "plan_groups", "task_slots",
+           "closing_table", "new_run_id", "ClusterError", "SUMMARY_NAME"]

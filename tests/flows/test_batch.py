@@ -6,6 +6,7 @@ Collections are tiny (4 frames of 56x84, coarse volumes) so each takes a second 
 import json
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -170,7 +171,7 @@ def test_gpu_workers_get_one_collection_at_a_time(prefect_server, tmp_path):
     time although the worker has two threads, and the batch completes (no task waits forever)."""
     from distributed import LocalCluster
 
-    from flows.batch import gpu_workers, reconstruct_batch, task_runner
+    from flows.batch import reconstruct_batch
 
     rows = [{"collection_id": f"g{i}", "source": write_collection(str(tmp_path / "in" / f"g{i}"), 1_000_200 + i,
                                                                   "orbit", FRAMES, H, W)} for i in range(3)]
@@ -178,9 +179,39 @@ def test_gpu_workers_get_one_collection_at_a_time(prefect_server, tmp_path):
     pd.DataFrame(rows).to_csv(manifest, index=False)
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None,
                       resources={"GPU": 1}, memory_limit="4GiB") as gpu_cluster:
-        assert gpu_workers(gpu_cluster.scheduler_address) == 1
-        flow = reconstruct_batch.with_options(task_runner=task_runner(gpu_cluster.scheduler_address))
-        result = flow(str(manifest), str(tmp_path / "out"), max_voxels=16, gpu=True)
+        # the flow connects to the cluster itself and sees its GPU worker (gpu left to its default)
+        result = reconstruct_batch(str(manifest), str(tmp_path / "out"), max_voxels=16,
+                                   cluster=gpu_cluster.scheduler_address)
     assert [r["status"] for r in result] == ["complete"] * 3
     spans = sorted((r["started"], r["started"] + r["seconds"]) for r in result)
     assert all(b[0] >= a[1] - 0.05 for a, b in zip(spans, spans[1:])), spans  # never two at once
+
+
+def test_local_cluster_workers_keep_no_profile(tmp_path, monkeypatch):
+    """The LocalCluster ``task_runner`` builds runs its workers without Dask's statistical profiler,
+    whose per-second stack trees grew worker memory by ~0.5 MiB per collection; the variable
+    DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED turns it back on."""
+    from distributed import Client, LocalCluster
+
+    from flows.batch import PROFILE_ENV, task_runner, worker_config
+
+    kwargs = task_runner(None, workers=1).cluster_kwargs
+    assert kwargs["config"]["distributed"]["worker"]["profile"]["enabled"] is False
+    src = write_collection(str(tmp_path / "in"), 1_000_300, "orbit", 2, 28, 42)
+
+    def work():
+        from tasks.batch import reconstruct_one
+
+        return reconstruct_one("p0", src, str(tmp_path / "out"), {"max_voxels": 8})["status"]
+
+    def profiled(dask_worker):
+        return len(dask_worker.profile_history), dask_worker.profile_recent["count"]
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                      memory_limit="4GiB", config=kwargs["config"]) as cl, Client(cl) as client:
+        assert client.submit(work, pure=False).result() == "complete"
+        time.sleep(1.5)  # more than one profile cycle
+        assert client.run(profiled) == {w: (0, 0) for w in client.scheduler_info()["workers"]}
+        assert all(client.run(lambda: "tasks.batch" in sys.modules).values())  # preloaded
+    monkeypatch.setenv(PROFILE_ENV, "True")
+    assert worker_config()["distributed"]["worker"]["profile"]["enabled"] is True  # Dask's own setting
