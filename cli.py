@@ -4,6 +4,7 @@
     zipmap reconstruct SRC OUT [--weights W] [--voxel-size M] [--device cpu|cuda]
     zipmap batch MANIFEST OUT [--cluster ADDRESS | --workers N] [--weights W]
     zipmap manifest SRC_PREFIX OUT.parquet [--since TIME]
+    zipmap deploy [--pool zipmap] [--cron "0 2 * * *"] [--param KEY=VALUE ...]
     zipmap demo [--out demo]  (generate city blocks, reconstruct them with the bundled model, score)
     zipmap predict ...        (same as python -m model.predict)
     zipmap verify FIXTURE.npz (same as python -m model.verify_reference)
@@ -157,6 +158,28 @@ def _manifest(args) -> int:
     return 0
 
 
+def _deploy(args) -> int:
+    """The Prefect deployments (reconstruct-batch/nightly, reconstruct-batch/on-demand,
+    reconstruct-collection/on-demand) in the process work pool, against PREFECT_API_URL."""
+    from errors import ZipMapError
+    from flows.deploy import deploy, parse_params
+    from settings import load_settings
+
+    try:
+        settings = load_settings(args.settings)
+        ids = deploy(settings, pool=args.pool, cron=args.cron, timezone=args.timezone,
+                     parameters=parse_params(args.param), create_pool=args.create_pool)
+    except (ZipMapError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    pool = args.pool or settings.work_pool
+    for name, ident in ids.items():
+        print(f"deployment {name}  ({ident})")
+    print(f"work pool {pool!r}: start a worker with `prefect worker start --pool {pool}`; run a batch with "
+          "`prefect deployment run reconstruct-batch/on-demand --param manifest=URL --param out=URL`")
+    return 0
+
+
 def format_summary(s: dict) -> str:
     vol, pc = s["volume"], s["pose_checks"]
     rows = [
@@ -236,11 +259,22 @@ def main(argv: list[str] | None = None) -> int:
                      help="only collections changed after TIME: ISO 8601 (2026-11-24T02:00Z; UTC if no zone) "
                           "or an age (90m, 24h, 7d)")
     man.add_argument("--storage-options", default=None, metavar="FILE.json")
+    dep = sub.add_parser("deploy", help="create the Prefect deployments against PREFECT_API_URL")
+    dep.add_argument("--pool", default=None, help="process work pool (default: the setting work_pool, zipmap)")
+    dep.add_argument("--cron", default=None, help='nightly schedule (default: the setting nightly_cron, "0 2 * * *")')
+    dep.add_argument("--timezone", default=None, help="of the schedule (default: the setting timezone, UTC)")
+    dep.add_argument("--param", action="append", metavar="KEY=VALUE",
+                     help="default parameter of the batch deployments (manifest, prefix, since, out, cluster, "
+                          "weights, workers, ...); repeatable")
+    dep.add_argument("--settings", default=None, metavar="FILE.toml", help="settings file (default: $ZIPMAP_SETTINGS "
+                                                                          "or ./zipmap.toml)")
+    dep.add_argument("--no-create-pool", dest="create_pool", action="store_false",
+                     help="fail if the work pool does not exist instead of creating it")
     sub.add_parser("predict", help="run the network on photos (see python -m model.predict -h)")
     sub.add_parser("verify", help="check parity with a reference fixture")
     args = parser.parse_args(argv)
     return {"evaluate": _evaluate, "demo": _demo, "reconstruct": _reconstruct,
-            "batch": _batch, "manifest": _manifest}[args.command](args)
+            "batch": _batch, "manifest": _manifest, "deploy": _deploy}[args.command](args)
 
 
 if __name__ == "__main__":
