@@ -136,6 +136,24 @@ class ClusterError(ConfigError):
     """The Dask cluster named by ``cluster`` cannot be reached."""
 
 
+def unreachable(address: str, exc: BaseException) -> ClusterError:
+    return ClusterError(f"cannot reach the Dask scheduler at {address!r} ({type(exc).__name__}: {exc}); start it "
+                        "(`dask scheduler`) or give the right address (--cluster / the `cluster` parameter); "
+                        "leave it empty for a local cluster")
+
+
+def check_cluster(address: str) -> None:
+    """Raise :class:`ClusterError` unless a Dask scheduler answers at ``address`` (within Dask's connect
+    timeout, ``distributed.comm.timeouts.connect``)."""
+    from distributed import Client
+
+    try:
+        with Client(address, set_as_default=False):
+            pass
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise unreachable(address, exc) from None
+
+
 @contextlib.contextmanager
 def _dask_runner(cluster: str | None, workers: int):
     """The flow run's DaskTaskRunner when it was given one (``with_options``), else one started here on
@@ -151,10 +169,8 @@ def _dask_runner(cluster: str | None, workers: int):
     runner = task_runner(cluster, workers)
     try:
         runner.__enter__()
-    except (OSError, TimeoutError) as exc:
-        raise ClusterError(f"cannot reach the Dask scheduler at {cluster!r} ({type(exc).__name__}: {exc}); "
-                           "start it (`dask scheduler`) or give the right address (--cluster / the `cluster` "
-                           "parameter); leave it empty for a local cluster") from None
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise unreachable(cluster, exc) from None
     try:
         yield runner
     finally:
@@ -315,6 +331,11 @@ def run_batch(manifest: str | None, out: str, cluster: str | None = None, worker
               prefix: str | None = None, since: str | None = None) -> list[dict]:
     """``zipmap batch``: run the flow (against ``PREFECT_API_URL``, else a local server), print the
     closing table."""
+    # configuration errors end here with one clear line, before a flow run (and its traceback) starts
+    if manifest:
+        read_manifest(manifest, storage_options)
+    if cluster:
+        check_cluster(cluster)
     with prefect_api(print_fn):
         rows = reconstruct_batch(manifest, out, weights, voxel_size, max_voxels, device, run_id, None,
                                  storage_options, collections_per_task, cluster=cluster, workers=workers,
@@ -325,4 +346,4 @@ def run_batch(manifest: str | None, out: str, cluster: str | None = None, worker
 
 
 __all__ = ["reconstruct_batch", "run_batch", "task_runner", "worker_config", "plan_groups", "task_slots",
-           "closing_table", "new_run_id", "ClusterError", "SUMMARY_NAME"]
+           "closing_table", "new_run_id", "ClusterError", "check_cluster", "SUMMARY_NAME"]

@@ -34,7 +34,7 @@ import pandas as pd
 from errors import InputError
 
 from .collection import COLMAP_FOLDERS, IMAGE_EXTENSIONS
-from .urls import filesystem, join, redact, safe_id
+from .urls import filesystem, join, redact, safe_id, storage_errors
 
 MANIFEST_LIST_COLUMNS = ("collection_id", "source", "format", "num_images", "modified")
 ID_SEPARATOR = "--"
@@ -130,9 +130,10 @@ def list_collections(prefix: str, storage_options: Mapping[str, Any] | None = No
     fs, root = filesystem(prefix, storage_options)
     cutoff = parse_since(since)
     try:
-        if not fs.isdir(root):
-            raise InputError(f"{redact(prefix)}: no such folder or prefix")
-        found = fs.find(root, withdirs=False, detail=True)
+        with storage_errors(prefix):
+            if not fs.isdir(root):
+                raise InputError(f"{redact(prefix)}: no such folder or prefix")
+            found = fs.find(root, withdirs=False, detail=True)
     except (FileNotFoundError, PermissionError) as exc:
         raise InputError(f"{redact(prefix)}: cannot list ({type(exc).__name__}: {exc})") from exc
     files: dict[str, set[str]] = {}  # folder -> file names directly inside

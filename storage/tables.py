@@ -20,7 +20,7 @@ import pandas as pd
 from errors import InputError
 
 from .collection import Collection
-from .urls import filesystem, redact
+from .urls import filesystem, redact, storage_errors
 
 MANIFEST_COLUMNS = ("collection_id", "source")
 
@@ -29,7 +29,8 @@ def read_manifest(url: str, storage_options: Mapping[str, Any] | None = None) ->
     """The manifest as a DataFrame (``.parquet``/``.pq`` read as Parquet, anything else as CSV)."""
     fs, path = filesystem(url, storage_options)
     try:
-        data = fs.cat_file(path)
+        with storage_errors(url):
+            data = fs.cat_file(path)
     except FileNotFoundError:
         raise InputError(f"{redact(url)}: manifest not found") from None
     ext = posixpath.splitext(path)[1].lower()
@@ -52,15 +53,16 @@ def read_manifest(url: str, storage_options: Mapping[str, Any] | None = None) ->
 def write_table(df: pd.DataFrame, url: str, storage_options: Mapping[str, Any] | None = None) -> str:
     """Write ``df`` as Parquet (``.parquet``) or CSV at ``url``; returns the URL."""
     fs, path = filesystem(url, storage_options)
-    parent = posixpath.dirname(path)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
     buf = io.BytesIO()
     if path.endswith(".parquet"):
         df.to_parquet(buf, index=False)
     else:
         df.to_csv(buf, index=False)
-    fs.pipe_file(path, buf.getvalue())
+    with storage_errors(url):
+        parent = posixpath.dirname(path)
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        fs.pipe_file(path, buf.getvalue())
     return url
 
 

@@ -11,6 +11,8 @@ reports or outputs: :func:`redact` is what goes there.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import posixpath
 import re
 from collections.abc import Mapping
@@ -67,6 +69,56 @@ def public_options(storage_options: Mapping[str, Any] | None) -> dict:
     return clean(dict(storage_options or {}))
 
 
+_NO_CREDENTIALS = ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
+                   "NoAuthTokenError")
+_UNREACHABLE = ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ClientConnectorError",
+                "ConnectionRefusedError", "ServerDisconnectedError")
+_DENIED = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken")
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def explain_storage_error(url: str, exc: BaseException) -> Exception | None:
+    """A clear error for an object-store failure that is the operator's to fix (no credentials, an
+    endpoint that does not answer, access denied), naming the URL and what to set; None for others.
+    Missing credentials are a :class:`ConfigError` (not retried); an unreachable endpoint a
+    :class:`StorageError` (transient, retried by batches)."""
+    from errors import ConfigError
+
+    for e in _chain(exc):
+        name, text = type(e).__name__, str(e)
+        if name in _NO_CREDENTIALS:
+            return ConfigError(f"{redact(url)}: no object-store credentials found; set AWS_ACCESS_KEY_ID and "
+                               "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or give the machine a role), or pass "
+                               "--storage-options")
+        if name in _UNREACHABLE or isinstance(e, ConnectionRefusedError):
+            endpoint = os.environ.get("AWS_ENDPOINT_URL") or "the default AWS endpoint"
+            return StorageError(f"{redact(url)}: cannot reach the object store ({endpoint}): check "
+                                f"AWS_ENDPOINT_URL and the network ({name}: {redact(text)})")
+        if name in _DENIED or any(code in text for code in _DENIED):
+            return ConfigError(f"{redact(url)}: the object store refused the credentials ({name}: {text}); check "
+                               "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket's permissions")
+    return None
+
+
+@contextlib.contextmanager
+def storage_errors(url: str):
+    """Turn object-store failures that :func:`explain_storage_error` knows into its clear errors."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001
+        clear = explain_storage_error(url, exc)
+        if clear is None:
+            raise
+        raise clear from None
+
+
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -83,4 +135,5 @@ def safe_id(value: str) -> str:
     return cleaned[:200]
 
 
-__all__ = ["filesystem", "join", "is_local", "redact", "public_options", "collection_id_from_url", "safe_id"]
+__all__ = ["filesystem", "join", "is_local", "redact", "public_options", "collection_id_from_url", "safe_id",
+           "explain_storage_error", "storage_errors"]
