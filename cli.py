@@ -4,6 +4,7 @@
     zipmap reconstruct SRC OUT [--weights W] [--voxel-size M] [--device cpu|cuda]
     zipmap batch MANIFEST OUT [--cluster ADDRESS | --workers N] [--weights W]
     zipmap manifest SRC_PREFIX OUT.parquet [--since TIME]
+    zipmap generate OUT [--count N]    (synthetic collections + OUT/manifest.csv, for demos)
     zipmap deploy [--pool zipmap] [--cron "0 2 * * *"] [--param KEY=VALUE ...]
     zipmap demo [--out demo]  (generate city blocks, reconstruct them with the bundled model, score)
     zipmap predict ...        (same as python -m model.predict)
@@ -158,6 +159,29 @@ def _manifest(args) -> int:
     return 0
 
 
+def _generate(args) -> int:
+    """Synthetic city-block collections (with cameras.json and depth/) at OUT, plus OUT/manifest.csv."""
+    import pandas as pd
+
+    from model.synthetic import write_collection
+    from model.training.loop import HELD_OUT_SEED_START
+    from storage.tables import write_table
+    from storage.urls import join, redact
+
+    options = _load_storage_options(args.storage_options)
+    rows = []
+    for i in range(args.count):
+        kind = args.paths[i % len(args.paths)]
+        cid = f"{kind}-{HELD_OUT_SEED_START + i}"
+        url = write_collection(join(args.out, cid), HELD_OUT_SEED_START + i, kind, args.frames, args.size[0],
+                               args.size[1], storage_options=options)
+        rows.append({"collection_id": cid, "source": url})
+        print(f"{cid}: {redact(url)}")
+    manifest = write_table(pd.DataFrame(rows), join(args.out, "manifest.csv"), options)
+    print(f"{len(rows)} collection(s); manifest {redact(manifest)}")
+    return 0
+
+
 def _deploy(args) -> int:
     """The Prefect deployments (reconstruct-batch/nightly, reconstruct-batch/on-demand,
     reconstruct-collection/on-demand) in the process work pool, against PREFECT_API_URL."""
@@ -259,6 +283,14 @@ def main(argv: list[str] | None = None) -> int:
                      help="only collections changed after TIME: ISO 8601 (2026-11-24T02:00Z; UTC if no zone) "
                           "or an age (90m, 24h, 7d)")
     man.add_argument("--storage-options", default=None, metavar="FILE.json")
+    gen = sub.add_parser("generate", help="write synthetic city-block collections and their manifest to a folder/URL")
+    gen.add_argument("out", help="folder or URL (s3://bucket/demo)")
+    gen.add_argument("--count", type=int, default=4)
+    gen.add_argument("--paths", nargs="+", default=["street", "orbit", "aerial", "handheld"],
+                     choices=["street", "orbit", "aerial", "handheld"])
+    gen.add_argument("--frames", type=int, default=16)
+    gen.add_argument("--size", type=int, nargs=2, default=[112, 168], metavar=("H", "W"))
+    gen.add_argument("--storage-options", default=None, metavar="FILE.json")
     dep = sub.add_parser("deploy", help="create the Prefect deployments against PREFECT_API_URL")
     dep.add_argument("--pool", default=None, help="process work pool (default: the setting work_pool, zipmap)")
     dep.add_argument("--cron", default=None, help='nightly schedule (default: the setting nightly_cron, "0 2 * * *")')
@@ -274,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("verify", help="check parity with a reference fixture")
     args = parser.parse_args(argv)
     return {"evaluate": _evaluate, "demo": _demo, "reconstruct": _reconstruct,
-            "batch": _batch, "manifest": _manifest, "deploy": _deploy}[args.command](args)
+            "batch": _batch, "manifest": _manifest, "deploy": _deploy,
+            "generate": _generate}[args.command](args)
 
 
 if __name__ == "__main__":

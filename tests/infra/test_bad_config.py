@@ -75,7 +75,8 @@ def test_no_or_dead_prefect_api(tmp_path):
 def test_unknown_work_pool(tmp_path, prefect_server):
     from prefect.settings import PREFECT_API_URL
 
-    p = _run(["deploy", "--pool", "nightly-gpus", "--no-create-pool"], tmp_path, PREFECT_API_URL=PREFECT_API_URL.value())
+    p = _run(["deploy", "--pool", "nightly-gpus", "--no-create-pool"], tmp_path,
+             PREFECT_API_URL=PREFECT_API_URL.value())
     assert p.returncode == 2
     assert "work pool 'nightly-gpus' does not exist" in p.stderr
     assert "prefect work-pool create nightly-gpus --type process" in p.stderr
