@@ -1,7 +1,8 @@
 """One collection end to end (read -> checks -> zip -> volume -> Zarr -> summary): time and geometry.
 
     python benchmarks/reconstruct.py [--frames 16] [--size 150 224] [--kinds street orbit]
-                                     [--voxels 128] [--repeats 3] [--threads N] [--out /tmp/zipmap-bench]
+                                     [--voxels 128] [--repeats 3] [--threads N] [--device cpu|cuda]
+                                     [--out /tmp/zipmap-bench]
 
 For each camera-path kind a held-out collection is generated (with cameras.json and ground-truth
 depth), reconstructed with the bundled model through ``flows.reconstruct.run_reconstruction`` (the
@@ -63,6 +64,7 @@ def main(argv=None) -> int:
     p.add_argument("--voxels", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when present")
     p.add_argument("--out", default="/tmp/zipmap-bench")
     args = p.parse_args(argv)
     if args.threads:
@@ -73,12 +75,12 @@ def main(argv=None) -> int:
         if not (Path(src) / "cameras.json").exists():
             write_collection(src, 1_000_000 + k, kind, args.frames, *args.size)
         t0 = time.perf_counter()
-        run_reconstruction(src, str(Path(args.out) / "out"), max_voxels=args.voxels)
+        run_reconstruction(src, str(Path(args.out) / "out"), max_voxels=args.voxels, device=args.device)
         cold = time.perf_counter() - t0
         runs = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            summary = run_reconstruction(src, str(Path(args.out) / "out"), max_voxels=args.voxels)
+            summary = run_reconstruction(src, str(Path(args.out) / "out"), max_voxels=args.voxels, device=args.device)
             runs.append((time.perf_counter() - t0, summary))
         runs.sort(key=lambda r: r[0])
         wall, summary = runs[len(runs) // 2]

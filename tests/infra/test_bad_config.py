@@ -100,3 +100,10 @@ def test_settings_layers(tmp_path):
     assert load_settings(environ={}).nightly_cron == "0 2 * * *"
     with pytest.raises(ValueError, match="settings file not found"):
         load_settings(tmp_path / "missing.toml")
+
+
+def test_settings_example_lists_the_defaults():
+    example = Path(__file__).resolve().parents[2] / "infra" / "settings.example.toml"
+    from settings import Settings
+
+    assert load_settings(example, environ={}) == Settings()
