@@ -29,3 +29,20 @@ def test_demo_scores_and_reconstructs(prefect_server, tmp_path, capsys):
     store = tmp_path / "reconstructions" / "street-1000000.zarr"
     assert read_status(str(store)) == "complete" and "xr.open_datatree" in out
     assert json.loads((tmp_path / "report.json").read_text())["collections"]
+
+
+def test_generate_writes_collections_and_a_manifest_to_s3(s3_bucket, tmp_path, capsys):
+    from storage.collection import read_collection
+    from storage.tables import read_manifest
+
+    bucket, opts = s3_bucket
+    options = tmp_path / "opts.json"
+    options.write_text(json.dumps(opts))
+    out = f"s3://{bucket}/demo"
+    assert main(["generate", out, "--count", "3", "--frames", "2", "--size", "28", "42",
+                 "--storage-options", str(options)]) == 0
+    assert "3 collection(s)" in capsys.readouterr().out
+    manifest = read_manifest(f"{out}/manifest.csv", opts)
+    assert list(manifest["collection_id"]) == ["street-1000000", "orbit-1000001", "aerial-1000002"]
+    coll = read_collection(manifest["source"][1], opts)
+    assert coll.num_frames == 2 and coll.source_format == "zipmap" and coll.image_sizes() == [(28, 42)] * 2  # (height, width)
