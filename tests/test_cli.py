@@ -45,4 +45,5 @@ def test_generate_writes_collections_and_a_manifest_to_s3(s3_bucket, tmp_path, c
     manifest = read_manifest(f"{out}/manifest.csv", opts)
     assert list(manifest["collection_id"]) == ["street-1000000", "orbit-1000001", "aerial-1000002"]
     coll = read_collection(manifest["source"][1], opts)
-    assert coll.num_frames == 2 and coll.source_format == "zipmap" and coll.image_sizes() == [(28, 42)] * 2  # (height, width)
+    assert coll.num_frames == 2 and coll.source_format == "zipmap"
+    assert coll.image_sizes() == [(28, 42)] * 2  # (height, width)

@@ -16,6 +16,7 @@ import pytest
 from settings import load_settings
 
 ZIPMAP = str(Path(sys.executable).parent / "zipmap")
+pytestmark = pytest.mark.slow  # each case starts the CLI in a new process (about 5 s)
 
 
 def _dead_port() -> int:

@@ -112,6 +112,15 @@ def stack(tmp_path, s3_endpoint):
                 os.killpg(p.pid, signal.SIGKILL)
 
 
+def _wait_run(http, run_id: str, timeout: float) -> dict:
+    deadline = time.time() + timeout
+    while True:
+        state = http.get(f"/flow_runs/{run_id}").json()["state"]
+        if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") or time.time() > deadline:
+            return state
+        time.sleep(1)
+
+
 def _show_logs(logs: Path) -> str:
     return "\n".join(f"--- {f.name}\n{f.read_text(errors='replace')[-3000:]}" for f in sorted(logs.glob("*.log")))
 
@@ -138,12 +147,7 @@ def test_deployments_on_a_local_stack(stack, s3_bucket):
         params = {"manifest": f"s3://{bucket}/manifest.csv", "out": f"s3://{bucket}/out",
                   "cluster": stack["cluster"]}
         run = http.post(f"/deployments/{on_demand['id']}/create_flow_run", json={"parameters": params}).json()
-        deadline = time.time() + 600
-        while True:
-            state = http.get(f"/flow_runs/{run['id']}").json()["state"]
-            if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") or time.time() > deadline:
-                break
-            time.sleep(2)
+        state = _wait_run(http, run["id"], 600)
         assert state["type"] == "COMPLETED", f"{state}\n{_show_logs(stack['logs'])}"
 
         # the stages show as task runs of the flow run, the summary as a table artifact
@@ -156,6 +160,18 @@ def test_deployments_on_a_local_stack(stack, s3_bucket):
         table = pd.DataFrame(json.loads(table) if isinstance(table, str) else table)
         assert sorted(table["collection_id"]) == ["s0", "s1", "s2"] and set(table["status"]) == {"complete"}
         assert "http://127.0.0.1:" in by_key["dask-dashboard"]["data"]  # a link artifact (stored as markdown)
+
+        # one collection through reconstruct-collection/on-demand: its stages show as task runs
+        single = http.get("/deployments/name/reconstruct-collection/on-demand").json()
+        run1 = http.post(f"/deployments/{single['id']}/create_flow_run", json={"parameters": {
+            "src": rows[0]["source"], "out": f"s3://{bucket}/single", "max_voxels": 16}}).json()
+        state = _wait_run(http, run1["id"], 300)
+        assert state["type"] == "COMPLETED", f"{state}\n{_show_logs(stack['logs'])}"
+        names = [t["name"] for t in http.post("/task_runs/filter", json={
+            "flow_runs": {"id": {"any_": [run1["id"]]}}}).json()]
+        for stage in ("read-collection", "check-poses", "zip-pass", "place-in-world", "write-views", "plan-volume",
+                      "decode-volume", "finalize"):
+            assert any(n.startswith(stage) for n in names), (stage, names)
 
         # the nightly schedule: its next run is scheduled for 02:00 UTC
         nightly = http.get("/deployments/name/reconstruct-batch/nightly").json()
@@ -172,8 +188,7 @@ def test_deployments_on_a_local_stack(stack, s3_bucket):
         now = dt.datetime.now(dt.UTC)
         assert (first.hour, first.minute) == (2, 0) and now < first <= now + dt.timedelta(days=1)
 
-    for r in rows:
-        url = f"s3://{bucket}/out/{r['collection_id']}.zarr"
+    for url in [f"s3://{bucket}/out/{r['collection_id']}.zarr" for r in rows] + [f"s3://{bucket}/single/s0.zarr"]:
         tree = xr.open_datatree(url, engine="zarr", storage_options=opts)
         assert tree.attrs["zipmap_status"] == "complete"
         assert tree["volume"]["tsdf"].ndim == 3
