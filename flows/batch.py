@@ -70,7 +70,7 @@ def task_runner(cluster: str | None = None, workers: int = 2, threads_per_worker
     import torch
 
     kwargs = {"n_workers": workers, "threads_per_worker": threads_per_worker, "processes": True,
-              "dashboard_address": None, "memory_limit": memory_limit, "config": worker_config()}
+              "dashboard_address": "127.0.0.1:0", "memory_limit": memory_limit, "config": worker_config()}
     if torch.cuda.is_available():
         kwargs["resources"] = {"GPU": 1}
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=kwargs)

@@ -29,6 +29,18 @@ def test_demo_scores_and_reconstructs(prefect_server, tmp_path, capsys):
     store = tmp_path / "reconstructions" / "street-1000000.zarr"
     assert read_status(str(store)) == "complete" and "xr.open_datatree" in out
     assert json.loads((tmp_path / "report.json").read_text())["collections"]
+    # the LocalCluster the run started had a dashboard, linked from the run
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def links():
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(
+                any_=["dask-dashboard"])))
+
+    assert any("http://127.0.0.1:" in a.data and "/status" in a.data for a in asyncio.run(links()))
 
 
 def test_generate_writes_collections_and_a_manifest_to_s3(s3_bucket, tmp_path, capsys):
