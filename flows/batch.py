@@ -96,27 +96,12 @@ def plan_groups(n: int, slots: int, per_task: int | None = None, max_per_task: i
     return groups
 
 
-def task_slots(gpu: bool = False, runner=None, default: int | None = None) -> int:
-    """How many collection tasks ``runner`` (default: the current flow run's task runner) runs at once:
-    the GPUs (when tasks claim one) or the worker threads of its Dask cluster; a thread pool's size
-    otherwise (or ``default`` when given)."""
-    from prefect.context import FlowRunContext
-
-    if runner is None:
-        runner = getattr(FlowRunContext.get(), "task_runner", None)
-    try:
-        from prefect_dask import DaskTaskRunner
-
-        if isinstance(runner, DaskTaskRunner):
-            workers = runner.client.scheduler_info(n_workers=-1)["workers"].values()
-            if gpu:
-                return int(sum(w.get("resources", {}).get("GPU", 0) for w in workers))
-            return max(1, sum(int(w.get("nthreads", 1)) for w in workers))
-    except Exception:  # noqa: BLE001  (no cluster information: fall back to a guess)
-        pass
-    if default is not None:
-        return default
-    return max(1, int(getattr(runner, "_max_workers", 0) or os.cpu_count() or 1))
+def cluster_slots(runner) -> tuple[int, int]:
+    """``(threads, gpus)`` of the Dask cluster behind ``runner`` (a started DaskTaskRunner): how many
+    collection tasks run at once, without and with a ``GPU`` claim."""
+    workers = runner.client.scheduler_info(n_workers=-1)["workers"].values()
+    threads = max(1, sum(int(w.get("nthreads", 1)) for w in workers))
+    return threads, int(sum(w.get("resources", {}).get("GPU", 0) for w in workers))
 
 
 def closing_table(rows: list[dict]) -> str:
@@ -230,10 +215,10 @@ def reconstruct_batch(manifest: str | None = None, out: str = "", weights: str |
             logger.info("Dask dashboard: %s", link)
             create_link_artifact(link=link, link_text="Dask dashboard", key="dask-dashboard",
                                  description=f"run {run_id}")
+        threads, gpus = cluster_slots(runner)
         if gpu is None:
-            gpu = task_slots(gpu=True, runner=runner, default=0) > 0
-        plan = plan_groups(len(todo), task_slots(gpu, runner=runner) if not collections_per_task else 1,
-                           collections_per_task)
+            gpu = gpus > 0
+        plan = plan_groups(len(todo), (gpus if gpu else threads), collections_per_task)
         groups = [[todo[k] for k in r] for r in plan]
         futures = []
         resources = dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext()
@@ -345,5 +330,5 @@ def run_batch(manifest: str | None, out: str, cluster: str | None = None, worker
     return rows
 
 
-__all__ = ["reconstruct_batch", "run_batch", "task_runner", "worker_config", "plan_groups", "task_slots",
+__all__ = ["reconstruct_batch", "run_batch", "task_runner", "worker_config", "plan_groups", "cluster_slots",
            "closing_table", "new_run_id", "ClusterError", "check_cluster", "SUMMARY_NAME"]

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import io
 import posixpath
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -159,27 +159,42 @@ def _read_file(fs, path: str, where: str) -> bytes:
         raise InputError(f"{where}: cannot be read ({exc})") from exc
 
 
-def _find_pose_file(fs, root: str, url: str, top: set[str]) -> PoseFile | None:
-    """The preferred pose file at the collection root, parsed; None for an images-only collection."""
+def pose_file(top: set[str], names_in: Callable[[str], set[str] | None]) -> tuple[str, tuple[str, ...]] | None:
+    """Which pose file a collection root uses, from listings alone: ``(source format, paths relative to
+    the root)`` — ``cameras.json`` first, then ``transforms.json``, then a COLMAP model (``cameras`` and
+    ``images`` ``.bin``/``.txt``) in ``sparse/0/``, ``sparse/`` or the root — or None (images only).
+    ``top`` holds the root's entry names, ``names_in(rel)`` those of a folder (None if it is missing)."""
     if "cameras.json" in top:
-        where = f"{url}/cameras.json"
-        return parse_cameras_json(_read_file(fs, f"{root}/cameras.json", where), where)
+        return "zipmap", ("cameras.json",)
     if "transforms.json" in top:
-        where = f"{url}/transforms.json"
-        return parse_transforms_json(_read_file(fs, f"{root}/transforms.json", where), where)
-    sparse = _names_in(fs, f"{root}/sparse") if "sparse" in top else None
-    sparse0 = _names_in(fs, f"{root}/sparse/0") if sparse and "0" in sparse else None
-    for folder, names in zip(COLMAP_FOLDERS, (sparse0, sparse, top)):
+        return "nerfstudio", ("transforms.json",)
+    for folder in COLMAP_FOLDERS:
+        names = names_in(folder) if folder else top
         if not names:
             continue
         cams = next((f"cameras{ext}" for ext in (".bin", ".txt") if f"cameras{ext}" in names), None)
         imgs = next((f"images{ext}" for ext in (".bin", ".txt") if f"images{ext}" in names), None)
         if cams and imgs:
-            rel = [posixpath.join(folder, f) for f in (cams, imgs)]
-            (cam_where, img_where) = (f"{url}/{r}" for r in rel)
-            return parse_colmap(_read_file(fs, posixpath.join(root, rel[0]), cam_where), cam_where,
-                                _read_file(fs, posixpath.join(root, rel[1]), img_where), img_where)
+            return "colmap", (posixpath.join(folder, cams), posixpath.join(folder, imgs))
     return None
+
+
+def _find_pose_file(fs, root: str, url: str, top: set[str]) -> PoseFile | None:
+    """The preferred pose file at the collection root, parsed; None for an images-only collection."""
+    def names_in(rel: str) -> set[str] | None:  # no listing call for a folder the root does not have
+        return _names_in(fs, posixpath.join(root, rel)) if rel.split("/")[0] in top else None
+
+    found = pose_file(top, names_in)
+    if found is None:
+        return None
+    kind, rel = found
+    where = [f"{url}/{r}" for r in rel]
+    data = [_read_file(fs, posixpath.join(root, r), w) for r, w in zip(rel, where)]
+    if kind == "zipmap":
+        return parse_cameras_json(data[0], where[0])
+    if kind == "nerfstudio":
+        return parse_transforms_json(data[0], where[0])
+    return parse_colmap(data[0], where[0], data[1], where[1])
 
 
 def _image_files(fs, root: str, url: str, poses: PoseFile | None) -> list[tuple[str, FrameCamera | None]]:

@@ -33,7 +33,7 @@ import pandas as pd
 
 from errors import InputError
 
-from .collection import COLMAP_FOLDERS, IMAGE_EXTENSIONS
+from .collection import IMAGE_EXTENSIONS, pose_file
 from .urls import filesystem, join, redact, safe_id, storage_errors
 
 MANIFEST_LIST_COLUMNS = ("collection_id", "source", "format", "num_images", "modified")
@@ -90,17 +90,10 @@ def _skipped_part(part: str) -> bool:
     return part.startswith(".") or part.startswith("_") or part.lower().endswith(".zarr")
 
 
-def _format(names: set[str], files: Mapping[str, set[str]], root: str) -> str:
-    if "cameras.json" in names:
-        return "zipmap"
-    if "transforms.json" in names:
-        return "nerfstudio"
-    for folder in COLMAP_FOLDERS:
-        inside = files.get(posixpath.join(root, folder).rstrip("/") if folder else root, set())
-        if any(f"cameras{e}" in inside for e in (".bin", ".txt")) and any(f"images{e}" in inside
-                                                                           for e in (".bin", ".txt")):
-            return "colmap"
-    return "images"
+def _format(files: Mapping[str, set[str]], root: str) -> str:
+    """The collection's ``source_format`` as ``read_collection`` will see it (same rule, from the listing)."""
+    found = pose_file(files.get(root, set()), lambda rel: files.get(posixpath.join(root, rel)))
+    return found[0] if found else "images"
 
 
 def _make_ids(rel_paths: list[str], prefix_name: str) -> list[str]:
@@ -152,7 +145,7 @@ def list_collections(prefix: str, storage_options: Mapping[str, Any] | None = No
             folder = posixpath.dirname(folder)
             folders.add(folder)
 
-    roots, skipped = [], []
+    roots, skipped, num_images = [], [], {}
     for folder in sorted(folders, key=lambda f: (f.count("/"), f)):
         if any(folder == r or folder.startswith(r + "/") for r in roots):
             continue  # inside a collection
@@ -161,6 +154,7 @@ def list_collections(prefix: str, storage_options: Mapping[str, Any] | None = No
                   if posixpath.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
         if images:
             roots.append(folder)
+            num_images[folder] = len(images)
         elif (names & set(POSE_FILES)) or posixpath.join(folder, "images") in folders:
             what = "an empty images/ folder" if posixpath.join(folder, "images") in folders else "a pose file"
             skipped.append((_url(prefix, root, folder), f"has {what} but no .png/.jpg/.jpeg images in images/"))
@@ -174,11 +168,8 @@ def list_collections(prefix: str, storage_options: Mapping[str, Any] | None = No
         modified = max(times) if times else pd.NaT
         if cutoff is not None and not (modified is not pd.NaT and modified > cutoff):
             continue
-        images = [n for n in files[posixpath.join(folder, "images")]
-                  if posixpath.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
         rows.append({"collection_id": ident, "source": _url(prefix, root, folder),
-                     "format": _format(files.get(folder, set()), files, folder), "num_images": len(images),
-                     "modified": modified})
+                     "format": _format(files, folder), "num_images": num_images[folder], "modified": modified})
     table = pd.DataFrame(rows, columns=list(MANIFEST_LIST_COLUMNS))
     table["num_images"] = table["num_images"].astype("int64")
     table["modified"] = pd.to_datetime(table["modified"], utc=True)
