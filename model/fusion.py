@@ -1,7 +1,9 @@
 """Grid-sampled decoding of per-view depth into a truncated signed distance field (TSDF).
 
 Every voxel centre of a regular grid is projected into every view, the view's depth (and
-confidence and colour) is read at that pixel with ``grid_sample``, and the projective signed
+confidence and colour) is read at that pixel (nearest-pixel grid sampling, done as one gather on the
+flattened image: the samples of ``grid_sample(mode="nearest")`` without its per-channel
+interpolation machinery; ``tests/model/test_fusion.py`` checks the two agree), and the projective signed
 distance is averaged over the views with per-view weights: volumetric integration of range images
 (Curless & Levoy, SIGGRAPH 1996, section 3) in the projective form of KinectFusion (Newcombe et al.,
 ISMAR 2011, section 3.3). The volume is decoded one chunk-aligned region at a time, so the
@@ -37,7 +39,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from errors import ConfigError, InputError
 
@@ -165,15 +166,31 @@ def make_grid(bounds_min, bounds_max, voxel_size: float | None = None, max_voxel
 
 @dataclass(frozen=True)
 class _Views:
-    """Inputs of ``fuse_chunk`` on one device, prepared once per volume."""
+    """Inputs of ``fuse_chunk`` on one device, prepared once per volume.
 
-    samples: torch.Tensor   # [S, C, H, W] float32: depth (0 = no observation), then conf if any, then rgb if any
+    Per-pixel data is flattened to ``H * W + 1`` entries per view; the last entry is a sentinel with
+    depth 0 that every voxel projecting outside the image reads, so one gather serves all voxels."""
+
+    depth: torch.Tensor     # [S, H*W+1] float32 (0 = no observation)
+    conf: torch.Tensor | None  # [S, H*W+1] float32 (0 where invalid) or None
+    rgb: torch.Tensor | None   # [S, H*W+1, 3] float32 in [0, 1] or None
+    size: tuple[int, int]   # (H, W)
     R: torch.Tensor         # [S, 3, 3] float64
     t: torch.Tensor         # [S, 3] float64
     K: torch.Tensor         # [S, 3, 3] float64
     far: torch.Tensor       # [S] float64: largest valid depth of each view (0 = view has none)
-    has_conf: bool
-    has_rgb: bool
+
+    @property
+    def has_conf(self) -> bool:
+        return self.conf is not None
+
+    @property
+    def has_rgb(self) -> bool:
+        return self.rgb is not None
+
+    @property
+    def device(self) -> torch.device:
+        return self.depth.device
 
 
 def _tensor(x, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -195,25 +212,32 @@ def _prepare(depth, conf, colors, cam_from_world, intrinsics, min_conf: float) -
         raise InputError(f"intrinsics must be [S, 3, 3] with S={S}, got {tuple(K.shape)}")
     if not (torch.isfinite(T).all() and torch.isfinite(K).all()):
         raise InputError("cam_from_world and intrinsics must be finite")
+    if not torch.equal(K[:, 2], K.new_tensor([0.0, 0.0, 1.0]).expand(S, 3)):
+        raise InputError("intrinsics must be pinhole camera matrices with last row (0, 0, 1)")
     valid = torch.isfinite(d) & (d > 0)
-    channels = []
+    weight = rgb = None
     if conf is not None:
         c = _tensor(conf, device, torch.float32)
         if c.shape != (S, H, W):
             raise InputError(f"conf must be [S, H, W] = {[S, H, W]}, got {tuple(c.shape)}")
         valid &= torch.isfinite(c) & (c > 0) & (c >= min_conf)  # the confidence is the weight, so > 0
-        channels.append(torch.where(valid, c, 0.0))
+        weight = _flat_with_sentinel(torch.where(valid, c, 0.0))
     if colors is not None:
-        rgb = _tensor(colors, device)
-        if rgb.shape != (S, H, W, 3):
-            raise InputError(f"colors must be [S, H, W, 3] = {[S, H, W, 3]} (channels last), got {tuple(rgb.shape)}")
-        rgb = rgb.to(torch.float32) / 255.0 if not rgb.is_floating_point() else rgb.to(torch.float32)
-        channels.extend(rgb.permute(3, 0, 1, 2))
+        col = _tensor(colors, device)
+        if col.shape != (S, H, W, 3):
+            raise InputError(f"colors must be [S, H, W, 3] = {[S, H, W, 3]} (channels last), got {tuple(col.shape)}")
+        col = col.to(torch.float32) / 255.0 if not col.is_floating_point() else col.to(torch.float32)
+        rgb = _flat_with_sentinel(col)
     # an invalid pixel carries depth 0, so one test on the sampled depth also drops sky, NaN and low conf
     depth_clean = torch.where(valid, d, 0.0)
-    samples = torch.stack([depth_clean, *channels], dim=1)  # [S, C, H, W]
-    return _Views(samples=samples, R=T[:, :3, :3], t=T[:, :3, 3], K=K, far=depth_clean.amax(dim=(1, 2)).double(),
-                  has_conf=conf is not None, has_rgb=colors is not None)
+    return _Views(depth=_flat_with_sentinel(depth_clean), conf=weight, rgb=rgb, size=(H, W), R=T[:, :3, :3],
+                  t=T[:, :3, 3], K=K, far=depth_clean.amax(dim=(1, 2)).double())
+
+
+def _flat_with_sentinel(x: torch.Tensor) -> torch.Tensor:
+    """``[S, H, W, ...]`` -> ``[S, H*W + 1, ...]`` with a zero entry appended to every view."""
+    flat = x.flatten(1, 2)
+    return torch.cat([flat, flat.new_zeros(flat[:, :1].shape)], dim=1).contiguous()
 
 
 def _region_bounds(grid: VolumeGrid, region: Region) -> tuple[tuple[int, int], ...]:
@@ -234,7 +258,7 @@ def _visible_views(views: _Views, first: torch.Tensor, last: torch.Tensor, trunc
     voxel centre of the box ``[first, last]`` (world, float64). A view is dropped only when all 8
     corners lie outside one of its bounding planes, so the box cannot meet the frustum; the test is
     conservative (it may keep a view that sees none of the box) and has margins for float32 rounding."""
-    H, W = views.samples.shape[-2:]
+    H, W = views.size
     bits = torch.tensor(list(itertools.product((0.0, 1.0), repeat=3)), dtype=first.dtype, device=first.device)
     corners = first + bits * (last - first)  # [8, 3]
     cam = torch.einsum("sij,cj->sci", views.R, corners) + views.t[:, None]  # [S, 8, 3]
@@ -256,9 +280,9 @@ def _accumulate_block(grid: VolumeGrid, block: tuple[tuple[int, int], ...], view
     ``sums``, the region's weighted sums, whose index 0 is the global index ``offset``."""
     (z0, z1), (y0, y1), (x0, x1) = block
     nz, ny, nx = z1 - z0, y1 - y0, x1 - x0
-    bz, by, bx = (slice(a - o, b - o) for (a, b), o in zip(block, offset))
-    device = views.samples.device
-    H, W = views.samples.shape[-2:]
+    N = nz * ny * nx
+    device = views.device
+    H, W = views.size
     vs = grid.voxel_size
     f64 = dict(device=device, dtype=torch.float64)
     origin = torch.tensor(grid.origin, **f64)
@@ -268,64 +292,71 @@ def _accumulate_block(grid: VolumeGrid, block: tuple[tuple[int, int], ...], view
     # float32 rounding below depends on the voxel alone, never on the chunk it is decoded in
     steps = [torch.arange(a, b, **f64) * vs for a, b in ((x0, x1), (y0, y1), (z0, z1))]
 
-    sum_w, sum_wt = sums["w"][bz, by, bx], sums["wt"][bz, by, bx]  # views into the region's sums
+    visible = _visible_views(views, first, last, truncation, vs)
+    if len(visible) == 0:
+        return
+    # the block's own contiguous sums (flat voxel index), copied into the region's at the end; every
+    # voxel adds its views one at a time in view order, so any chunking gives bit-identical sums
+    sum_w = torch.zeros(N, device=device)
+    sum_wt = torch.zeros(N, device=device)
     if views.has_rgb:
-        sum_wc, sum_wb, sum_wbc = sums["wc"][:, bz, by, bx], sums["wb"][bz, by, bx], sums["wbc"][:, bz, by, bx]
-    for batch in _visible_views(views, first, last, truncation, vs).split(view_batch):
+        sum_wb = torch.zeros(N, device=device)
+        sum_wbc = torch.zeros(N, 3, device=device)
+    sentinel = float(H * W)
+    for batch in visible.split(view_batch):
         R, t, K = views.R[batch], views.t[batch], views.K[batch]
-        # X_cam = (R origin + t) + R offset: the large part in float64 once per view, then float32
-        # sums of numbers the size of the camera distance and the grid
-        base = torch.einsum("bij,j->bi", R, origin) + t                                 # [B, 3]
-        along_z = (base[:, None] + steps[2][None, :, None] * R[:, None, :, 2]).float()  # [B, nz, 3]
-        along_y = (steps[1][None, :, None] * R[:, None, :, 1]).float()                 # [B, ny, 3]
-        along_x = (steps[0][None, :, None] * R[:, None, :, 0]).float()                 # [B, nx, 3]
-        xc, yc, zc = (
+        # homogeneous pixel coordinates (a, b, z) = K (R X + t) of every voxel centre, u = a / z, v = b / z
+        # (K's last row is (0, 0, 1)). The large part K (R origin + t) is float64, once per view; the
+        # rest are float32 sums of numbers the size of the camera distance and the grid (times f)
+        KR = K @ R                                                                       # [B, 3, 3]
+        base = torch.einsum("bij,bj->bi", K, torch.einsum("bij,j->bi", R, origin) + t)  # [B, 3]
+        along_z = (base[:, None] + steps[2][None, :, None] * KR[:, None, :, 2]).float()  # [B, nz, 3]
+        along_y = (steps[1][None, :, None] * KR[:, None, :, 1]).float()                 # [B, ny, 3]
+        along_x = (steps[0][None, :, None] * KR[:, None, :, 0]).float()                 # [B, nx, 3]
+        a, b, zc = (
             (along_z[:, :, None, None, i] + along_y[:, None, :, None, i] + along_x[:, None, None, :, i]).flatten(1)
             for i in range(3))                                                          # each [B, N]
-        Kf = K.float()
-        inv_z = 1.0 / zc
-        u = (Kf[:, 0, 0, None] * xc + Kf[:, 0, 1, None] * yc) * inv_z + Kf[:, 0, 2, None]
-        v = Kf[:, 1, 1, None] * yc * inv_z + Kf[:, 1, 2, None]
+        inv_z = zc.reciprocal()
+        u, v = a.mul_(inv_z), b.mul_(inv_z)
         inside = (zc > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
-        # align_corners=False maps pixel coordinate u to 2u/W - 1 exactly with centres at +0.5; points
-        # outside go to -2 (zero padding) so that inf/NaN never reach grid_sample
-        gx = torch.where(inside, u * (2.0 / W) - 1.0, -2.0)
-        gy = torch.where(inside, v * (2.0 / H) - 1.0, -2.0)
-        grid_uv = torch.stack([gx, gy], dim=-1)[:, None]                                # [B, 1, N, 2]
-        # nearest for every channel: a depth discontinuity must not make a fake in-between surface,
-        # and conf and colour should come from the pixel whose depth is used
-        sampled = F.grid_sample(views.samples[batch], grid_uv, mode="nearest", padding_mode="zeros",
-                                align_corners=False)[:, :, 0]                          # [B, C, N]
-        depth = sampled[:, 0]
+        # nearest pixel (column floor(u), row floor(v): centres at +0.5) for every channel: a depth
+        # discontinuity must not make a fake in-between surface, and conf and colour come from the
+        # pixel whose depth is used; voxels outside the image read the sentinel (depth 0)
+        pix = torch.where(inside, v.floor_().mul_(W).add_(u.floor_()), sentinel).long()  # [B, N]
+        depth = torch.gather(views.depth[batch], 1, pix)
         sdf = depth - zc
-        ok = inside & (depth > 0) & (sdf >= -truncation)
-        w = torch.where(ok, sampled[:, 1], 0.0) if views.has_conf else ok.float()
-        tsdf = torch.where(ok, (sdf / truncation).clamp(-1.0, 1.0), 0.0)
-        if views.has_rgb:
-            rgb = sampled[:, -3:]                                                       # [B, 3, N]
-            wb = torch.where(sdf < truncation, w, 0.0)
-        # one view at a time, in view order: culled views would add exact zeros, so every chunking and
-        # view_batch sums the same numbers in the same order and gives bit-identical results
-        shape = (nz, ny, nx)
+        ok = (depth > 0) & (sdf >= -truncation)  # observed: on a pixel with depth, at most truncation behind it
+        if views.has_conf:
+            w = torch.gather(views.conf[batch], 1, pix).mul_(ok)
+        else:
+            w = ok.float()
+        tsdf = (sdf * (1.0 / truncation)).clamp_(-1.0, 1.0)  # finite everywhere; multiplied by w = 0 where not observed
         for i in range(len(batch)):
-            sum_w += w[i].view(shape)
-            sum_wt += (w[i] * tsdf[i]).view(shape)
-            if views.has_rgb:
-                sum_wc += (w[i] * rgb[i]).view(3, *shape)
-                sum_wb += wb[i].view(shape)
-                sum_wbc += (wb[i] * rgb[i]).view(3, *shape)
+            sum_w += w[i]
+            sum_wt.addcmul_(w[i], tsdf[i])
+        if views.has_rgb:  # colour only from observations near a surface: a thin, sparse band
+            vi, ni = (ok & (sdf < truncation)).nonzero(as_tuple=True)  # sorted by view, then voxel
+            wn = w[vi, ni]
+            # accumulate=True adds serially in index order, i.e. per voxel in view order, like the sums above
+            sum_wb.index_put_((ni,), wn, accumulate=True)
+            sum_wbc.index_put_((ni,), wn[:, None] * views.rgb[batch[vi], pix[vi, ni]], accumulate=True)
+    bz, by, bx = (slice(a - o, b - o) for (a, b), o in zip(block, offset))
+    sums["w"][bz, by, bx] = sum_w.view(nz, ny, nx)
+    sums["wt"][bz, by, bx] = sum_wt.view(nz, ny, nx)
+    if views.has_rgb:
+        sums["wb"][bz, by, bx] = sum_wb.view(nz, ny, nx)
+        sums["wbc"][bz, by, bx] = sum_wbc.view(nz, ny, nx, 3)
 
 
 def _fuse_region(grid: VolumeGrid, region: Region, views: _Views, truncation: float, view_batch: int,
                  ) -> dict[str, torch.Tensor]:
     bounds = _region_bounds(grid, region)
     nz, ny, nx = (b - a for a, b in bounds)
-    device = views.samples.device
+    device = views.device
     sums = {"w": torch.zeros(nz, ny, nx, device=device), "wt": torch.zeros(nz, ny, nx, device=device)}
     if views.has_rgb:
-        sums["wc"] = torch.zeros(3, nz, ny, nx, device=device)   # colour over every observation
         sums["wb"] = torch.zeros(nz, ny, nx, device=device)      # weight of the observations inside the band
-        sums["wbc"] = torch.zeros(3, nz, ny, nx, device=device)  # colour over those
+        sums["wbc"] = torch.zeros(nz, ny, nx, 3, device=device)  # their weighted colour
     # views are culled per block of at most _BLOCK^3 voxels: the finer the test, the more (block, view)
     # pairs it skips (the result does not depend on the blocks)
     offset = tuple(a for a, _ in bounds)
@@ -339,12 +370,11 @@ def _fuse_region(grid: VolumeGrid, region: Region, views: _Views, truncation: fl
     out = {"tsdf": torch.where(observed, (sum_wt / safe_w).clamp(-1.0, 1.0), torch.nan),
            "weight": sum_w}
     if views.has_rgb:
-        # colour from the observations near the surface where there are any (a voxel seen as far free
-        # space by one view should not take that view's background colour), else from all of them
-        sum_wb = sums["wb"]
-        colour = torch.where(sum_wb > 0, sums["wbc"] / torch.where(sum_wb > 0, sum_wb, 1.0), sums["wc"] / safe_w)
-        colour = torch.where(observed, colour, 0.0)
-        out["rgb"] = (colour.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 3, 0).contiguous()
+        # colour from the observations near the surface only: a voxel seen only as free space (tsdf = 1)
+        # would otherwise take the colour of whatever lies behind it
+        sum_wb = sums["wb"][..., None]
+        colour = torch.where(sum_wb > 0, sums["wbc"] / torch.where(sum_wb > 0, sum_wb, 1.0), 0.0)
+        out["rgb"] = (colour.clamp(0, 1) * 255).round().to(torch.uint8)
     return out
 
 
@@ -368,13 +398,14 @@ def fuse_chunk(grid: VolumeGrid, region: Region, depth, conf, colors, cam_from_w
     A view observes a voxel when the voxel centre is in front of the camera, projects inside the
     image onto a pixel with depth, and lies at most ``truncation`` behind that depth. The region is
     decoded in blocks of at most 32^3 voxels, ``view_batch`` views at a time, so temporary memory is
-    about ``view_batch x 3`` MB plus 36 bytes per voxel of the region (its sums). The result does not
+    about ``view_batch x 3`` MB plus 24 bytes per voxel of the region (its sums). The result does not
     depend on the region's size or ``view_batch``: any chunking gives bit-identical voxels.
 
     Returns, on the input device, ``tsdf [z, y, x]`` float32 in [-1, 1] (positive in front of the
     surface, NaN where unobserved), ``weight [z, y, x]`` float32 (sum of the weights of the observing
     views) and, if ``colors`` is given, ``rgb [z, y, x, 3]`` uint8: the weighted mean colour of the
-    observations within the truncation band, or of all observations where none is (0 where unobserved).
+    observations within the truncation band (0 where there is none: unobserved voxels and voxels seen
+    only as free space, ``tsdf == 1``; every voxel with ``tsdf < 1`` has such an observation).
     """
     _check_fusion_args(truncation, view_batch)
     views = _prepare(depth, conf, colors, cam_from_world, intrinsics, min_conf)

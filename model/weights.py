@@ -202,12 +202,21 @@ def save_checkpoint(model: ZipMap, url: str, storage_options: Mapping[str, Any] 
     return url
 
 
+_SHA256_CACHE: dict[tuple[str, int, int, int], str] = {}
+
+
 def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """sha256 of a local file, remembered per process while its inode, size and mtime stay the same
+    (a worker reconstructing thousands of collections hashes its 30 MB checkpoint once, not per run)."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _SHA256_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _SHA256_CACHE[key] = digest.hexdigest()
+    return _SHA256_CACHE[key]
 
 
 def bundled_checkpoint() -> str:

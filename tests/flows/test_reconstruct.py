@@ -193,7 +193,7 @@ def test_failure_after_writing_began_is_marked_failed(street, tmp_path, monkeypa
     """A fault in the middle of the volume (injected into the real run) leaves a store marked failed."""
     import tasks.reconstruct as stages
 
-    real, calls = stages.fusion.fuse_chunk, []
+    real, calls = stages.fusion._fuse_region, []  # one call per chunk of the volume
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -201,7 +201,7 @@ def test_failure_after_writing_began_is_marked_failed(street, tmp_path, monkeypa
             raise RuntimeError("device lost")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(stages.fusion, "fuse_chunk", failing)
+    monkeypatch.setattr(stages.fusion, "_fuse_region", failing)
     with pytest.raises(RuntimeError, match="device lost"):
         run_reconstruction(street, str(tmp_path), max_voxels=80)  # 2 x 2 x 2 chunks of 64
     url = str(tmp_path / "street-1.zarr")
