@@ -168,21 +168,18 @@ def make_grid(bounds_min, bounds_max, voxel_size: float | None = None, max_voxel
 class _Views:
     """Inputs of ``fuse_chunk`` on one device, prepared once per volume.
 
-    Per-pixel data is flattened to ``H * W + 1`` entries per view; the last entry is a sentinel with
-    depth 0 that every voxel projecting outside the image reads, so one gather serves all voxels."""
+    Per-pixel data is padded with a one-pixel border of zeros and flattened to ``(H+2) * (W+2)``
+    entries per view: a voxel projecting outside the image (or lying behind the camera) reads the
+    border, whose weight 0 means "no observation", so one gather serves every voxel."""
 
-    depth: torch.Tensor     # [S, H*W+1] float32 (0 = no observation)
-    conf: torch.Tensor | None  # [S, H*W+1] float32 (0 where invalid) or None
-    rgb: torch.Tensor | None   # [S, H*W+1, 3] float32 in [0, 1] or None
-    size: tuple[int, int]   # (H, W)
+    depth: torch.Tensor     # [S, (H+2)*(W+2)] float32
+    weight: torch.Tensor    # [S, (H+2)*(W+2)] float32: conf (or 1) where the pixel has valid depth, else 0
+    rgb: torch.Tensor | None  # [S, (H+2)*(W+2), 3] float32 in [0, 1] or None
+    size: tuple[int, int]   # (H, W) of the images, without the border
     R: torch.Tensor         # [S, 3, 3] float64
     t: torch.Tensor         # [S, 3] float64
     K: torch.Tensor         # [S, 3, 3] float64
     far: torch.Tensor       # [S] float64: largest valid depth of each view (0 = view has none)
-
-    @property
-    def has_conf(self) -> bool:
-        return self.conf is not None
 
     @property
     def has_rgb(self) -> bool:
@@ -215,29 +212,32 @@ def _prepare(depth, conf, colors, cam_from_world, intrinsics, min_conf: float) -
     if not torch.equal(K[:, 2], K.new_tensor([0.0, 0.0, 1.0]).expand(S, 3)):
         raise InputError("intrinsics must be pinhole camera matrices with last row (0, 0, 1)")
     valid = torch.isfinite(d) & (d > 0)
-    weight = rgb = None
+    rgb = None
     if conf is not None:
         c = _tensor(conf, device, torch.float32)
         if c.shape != (S, H, W):
             raise InputError(f"conf must be [S, H, W] = {[S, H, W]}, got {tuple(c.shape)}")
         valid &= torch.isfinite(c) & (c > 0) & (c >= min_conf)  # the confidence is the weight, so > 0
-        weight = _flat_with_sentinel(torch.where(valid, c, 0.0))
+        weight = torch.where(valid, c, 0.0)
+    else:
+        weight = valid.float()
     if colors is not None:
         col = _tensor(colors, device)
         if col.shape != (S, H, W, 3):
             raise InputError(f"colors must be [S, H, W, 3] = {[S, H, W, 3]} (channels last), got {tuple(col.shape)}")
         col = col.to(torch.float32) / 255.0 if not col.is_floating_point() else col.to(torch.float32)
-        rgb = _flat_with_sentinel(col)
-    # an invalid pixel carries depth 0, so one test on the sampled depth also drops sky, NaN and low conf
+        rgb = _padded_flat(col)
     depth_clean = torch.where(valid, d, 0.0)
-    return _Views(depth=_flat_with_sentinel(depth_clean), conf=weight, rgb=rgb, size=(H, W), R=T[:, :3, :3],
-                  t=T[:, :3, 3], K=K, far=depth_clean.amax(dim=(1, 2)).double())
+    return _Views(depth=_padded_flat(depth_clean), weight=_padded_flat(weight), rgb=rgb, size=(H, W),
+                  R=T[:, :3, :3], t=T[:, :3, 3], K=K, far=depth_clean.amax(dim=(1, 2)).double())
 
 
-def _flat_with_sentinel(x: torch.Tensor) -> torch.Tensor:
-    """``[S, H, W, ...]`` -> ``[S, H*W + 1, ...]`` with a zero entry appended to every view."""
-    flat = x.flatten(1, 2)
-    return torch.cat([flat, flat.new_zeros(flat[:, :1].shape)], dim=1).contiguous()
+def _padded_flat(x: torch.Tensor) -> torch.Tensor:
+    """``[S, H, W, ...]`` -> ``[S, (H+2)*(W+2), ...]``: a border of zeros around each image, flattened."""
+    S, H, W = x.shape[:3]
+    out = x.new_zeros((S, H + 2, W + 2, *x.shape[3:]))
+    out[:, 1:-1, 1:-1] = x
+    return out.flatten(1, 2).contiguous()
 
 
 def _region_bounds(grid: VolumeGrid, region: Region) -> tuple[tuple[int, int], ...]:
@@ -302,7 +302,6 @@ def _accumulate_block(grid: VolumeGrid, block: tuple[tuple[int, int], ...], view
     if views.has_rgb:
         sum_wb = torch.zeros(N, device=device)
         sum_wbc = torch.zeros(N, 3, device=device)
-    sentinel = float(H * W)
     for batch in visible.split(view_batch):
         R, t, K = views.R[batch], views.t[batch], views.K[batch]
         # homogeneous pixel coordinates (a, b, z) = K (R X + t) of every voxel centre, u = a / z, v = b / z
@@ -313,30 +312,31 @@ def _accumulate_block(grid: VolumeGrid, block: tuple[tuple[int, int], ...], view
         along_z = (base[:, None] + steps[2][None, :, None] * KR[:, None, :, 2]).float()  # [B, nz, 3]
         along_y = (steps[1][None, :, None] * KR[:, None, :, 1]).float()                 # [B, ny, 3]
         along_x = (steps[0][None, :, None] * KR[:, None, :, 0]).float()                 # [B, nx, 3]
-        a, b, zc = (
+        u, v, zc = (
             (along_z[:, :, None, None, i] + along_y[:, None, :, None, i] + along_x[:, None, None, :, i]).flatten(1)
             for i in range(3))                                                          # each [B, N]
         inv_z = zc.reciprocal()
-        u, v = a.mul_(inv_z), b.mul_(inv_z)
-        inside = (zc > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
-        # nearest pixel (column floor(u), row floor(v): centres at +0.5) for every channel: a depth
-        # discontinuity must not make a fake in-between surface, and conf and colour come from the
-        # pixel whose depth is used; voxels outside the image read the sentinel (depth 0)
-        pix = torch.where(inside, v.floor_().mul_(W).add_(u.floor_()), sentinel).long()  # [B, N]
+        # nearest pixel: column floor(u), row floor(v) (centres at +0.5), for every channel: a depth
+        # discontinuity must not make a fake in-between surface, and weight and colour come from the
+        # pixel whose depth is used. Outside the image the clamp lands on the zero border (-1 or W);
+        # behind the camera, or too near its plane for 1 / z (z <= 1e-20, where u and v may be anything,
+        # even NaN), the where does.
+        u.mul_(inv_z).floor_().clamp_(-1.0, W)
+        v.mul_(inv_z).floor_().clamp_(-1.0, H)
+        pix = torch.where(zc > 1e-20, v.mul_(W + 2).add_(u).add_(W + 3), 0.0).long()  # (v+1)(W+2) + (u+1)
         depth = torch.gather(views.depth[batch], 1, pix)
-        sdf = depth - zc
-        ok = (depth > 0) & (sdf >= -truncation)  # observed: on a pixel with depth, at most truncation behind it
-        if views.has_conf:
-            w = torch.gather(views.conf[batch], 1, pix).mul_(ok)
-        else:
-            w = ok.float()
-        tsdf = (sdf * (1.0 / truncation)).clamp_(-1.0, 1.0)  # finite everywhere; multiplied by w = 0 where not observed
+        sdf = depth.sub_(zc)  # signed distance along the optical axis
+        # observed: a pixel with valid depth (weight > 0 there) and at most truncation behind it
+        w = torch.gather(views.weight[batch], 1, pix).mul_(sdf >= -truncation)
+        tsdf = (sdf * (1.0 / truncation)).clamp_(-1.0, 1.0)  # finite everywhere; w = 0 where not observed
         for i in range(len(batch)):
             sum_w += w[i]
             sum_wt.addcmul_(w[i], tsdf[i])
         if views.has_rgb:  # colour only from observations near a surface: a thin, sparse band
-            vi, ni = (ok & (sdf < truncation)).nonzero(as_tuple=True)  # sorted by view, then voxel
+            vi, ni = (tsdf.abs() < 1.0).nonzero(as_tuple=True)  # sorted by view, then voxel
             wn = w[vi, ni]
+            keep = wn > 0
+            vi, ni, wn = vi[keep], ni[keep], wn[keep]
             # accumulate=True adds serially in index order, i.e. per voxel in view order, like the sums above
             sum_wb.index_put_((ni,), wn, accumulate=True)
             sum_wbc.index_put_((ni,), wn[:, None] * views.rgb[batch[vi], pix[vi, ni]], accumulate=True)

@@ -116,7 +116,8 @@ class ReconstructionStore:
             if fs.exists(path):
                 fs.rm(path, recursive=True)
             self._root = zarr.open_group(store=_store(self.url, self.storage_options), mode="w", zarr_format=3)
-            self._root.attrs.update(_jsonable({**attrs, "zipmap_format_version": FORMAT_VERSION,
+            # update_attributes writes the metadata document once (attrs.update writes it once per key)
+            self._root.update_attributes(_jsonable({**attrs, "zipmap_format_version": FORMAT_VERSION,
                                                RUN_KEY: self.run_id, STATUS_KEY: "writing"}))
         except OSError as exc:
             raise StorageError(f"{redact(self.url)}: cannot create the output store ({exc})") from exc
@@ -132,7 +133,7 @@ class ReconstructionStore:
         """Create group ``name`` and its arrays; arrays given with data are written now."""
         group = self.root.require_group(name)
         if attrs:
-            group.attrs.update(_jsonable(attrs))
+            group.update_attributes(_jsonable(attrs))
 
         async def create(var_name: str, var: Variable) -> None:
             fill = var.fill_value if var.fill_value is not None else _default_fill(var.dtype)
@@ -140,9 +141,12 @@ class ReconstructionStore:
             kwargs = {} if fill is None else {"fill_value": fill}
             if dtype is not str:
                 kwargs["compressors"] = compressor_for(var.dtype)
+            # overwrite=True skips the probes for an existing v2/v3 node (begin() started from an empty
+            # store); empty chunks are written too: checking every chunk for emptiness costs more than
+            # storing the few all-fill chunks, which compress to almost nothing
             arr = await group._async_group.create_array(
                 var_name, shape=var.shape, dtype=dtype, chunks=var.chunks or var.shape, dimension_names=var.dims,
-                attributes=_jsonable(var.attrs), **kwargs)
+                attributes=_jsonable(var.attrs), overwrite=True, config={"write_empty_chunks": True}, **kwargs)
             if var.data is not None:
                 await arr.setitem(Ellipsis, var.data.astype(str) if dtype is str else var.data)
 
@@ -170,7 +174,7 @@ class ReconstructionStore:
 
     def update_attrs(self, attrs: Mapping[str, Any], group: str | None = None) -> None:
         target = self.root if group is None else self.root[group]
-        target.attrs.update(_jsonable(attrs))
+        target.update_attributes(_jsonable(attrs))
 
     def owned(self) -> bool:
         """Whether the store on storage still carries this writer's run id (another run may have taken over)."""
