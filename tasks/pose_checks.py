@@ -169,9 +169,8 @@ def _consistency(depth: torch.Tensor, cams: torch.Tensor, K: torch.Tensor, scale
     uj = K[j, 0, 0, None, None] * X[..., 0] / zc + K[j, 0, 2, None, None]
     vj = K[j, 1, 1, None, None] * X[..., 1] / zc + K[j, 1, 2, None, None]
     inside = front & (uj >= 0) & (uj < W) & (vj >= 0) & (vj < H) & valid_i
-    col = uj.clamp(0, W - 1).long()
-    row = vj.clamp(0, H - 1).long()
-    dj = s * depth[j][torch.arange(len(j))[:, None, None], row, col]
+    flat = vj.clamp(0, H - 1).long() * W + uj.clamp(0, W - 1).long()  # pixel of view j, row-major
+    dj = s * torch.gather(depth[j].flatten(1).expand(len(scales), -1, -1), 2, flat.flatten(2)).view(flat.shape)
     seen = inside & (dj > 0)
     agree = seen & ((z - dj).abs() <= rel_tol * dj)
     # a point well in front of the surface view j sees would have hidden it: a free-space violation

@@ -232,9 +232,9 @@ def plan_volume(scene: Scene, voxel_size: float | None = None, max_voxels: int =
     conf = torch.from_numpy(scene.depth_conf).reshape(-1)
     keep = torch.from_numpy(scene.depth > 0).reshape(-1) & torch.isfinite(points).all(1)
     if keep.any():  # the least confident points (sky, far background) do not stretch the volume
-        kept = conf[keep]
+        kept = conf[keep].numpy()
         step = max(1, len(kept) // BOUNDS_SAMPLES)
-        keep &= conf >= torch.quantile(kept[::step], min_conf_quantile)
+        keep &= conf >= float(np.quantile(kept[::step], min_conf_quantile))  # a partition, not torch's full sort
     lo, hi = fusion.scene_bounds(points[keep], conf[keep], max_samples=BOUNDS_SAMPLES)
     provisional = voxel_size or float(np.max(hi - lo)) / max_voxels
     grid = fusion.make_grid(lo - truncation_voxels * provisional, hi + truncation_voxels * provisional, voxel_size,
@@ -255,7 +255,7 @@ def decode_volume(store: ReconstructionStore, scene: Scene, plan: VolumePlan, de
     axis_vars = {name: Variable((name,), coords[name] + scene.origin[k],
                                 _attrs(f"{name} of voxel centres, world frame", u, axis=name.upper()))
                  for k, name in enumerate("xyz")}
-    store.write_group("volume", {
+    volume_vars = {
         **axis_vars,
         "tsdf": Variable(("z", "y", "x"), None, _attrs("truncated signed distance / truncation (positive in front "
                                                        "of surfaces, NaN unobserved)", "1"),
@@ -264,13 +264,15 @@ def decode_volume(store: ReconstructionStore, scene: Scene, plan: VolumePlan, de
                            (c, c, c), (nz, ny, nx), np.float32, 0.0),
         "rgb": Variable(("z", "y", "x", "channel"), None, _attrs("weighted mean colour, sRGB", "1"),
                         (c, c, c, 3), (nz, ny, nx, 3), np.uint8),
-    }, {"voxel_size": grid.voxel_size, "truncation": truncation, "crs": scene.crs, "units": u,
-        "origin": scene.origin.tolist()})
+    }
+    volume_attrs = {"voxel_size": grid.voxel_size, "truncation": truncation, "crs": scene.crs, "units": u,
+                    "origin": scene.origin.tolist()}
     regions = list(grid.chunks(c))
     stats = {"observed": 0, "near_surface": 0, "chunks": len(regions), "done": 0}
-    # compute chunk k+1 while chunk k is compressed and written (compression and file/object I/O release the GIL)
+    # one writer thread, in order: the group's metadata (while the first chunk is computed), then chunk k
+    # while chunk k+1 is computed (Zarr's bookkeeping, compression and I/O overlap torch's arithmetic)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-write") as writer:
-        pending = []
+        pending = [writer.submit(store.write_group, "volume", volume_vars, volume_attrs)]
 
         def on_chunk(region, arrays):
             tsdf = arrays["tsdf"]
