@@ -130,7 +130,9 @@ class ReconstructionStore:
 
     def write_group(self, name: str, variables: Mapping[str, Variable], attrs: Mapping[str, Any] | None = None,
                     ) -> zarr.Group:
-        """Create group ``name`` and its arrays; arrays given with data are written now."""
+        """Create group ``name`` and its arrays (replacing arrays of the same name); arrays given with data
+        are written now. The arrays are created and written concurrently through zarr's asynchronous
+        API (``Group._async_group``; zarr is pinned, and the store tests cover this path)."""
         group = self.root.require_group(name)
         if attrs:
             group.update_attributes(_jsonable(attrs))
@@ -158,12 +160,9 @@ class ReconstructionStore:
         sync(create_all())
         return group
 
-    def write_region(self, group: str, name: str, region: Sequence[slice], data: np.ndarray) -> None:
-        """Write ``data`` into ``region`` of array ``group/name`` (regions should be chunk-aligned)."""
-        self.root[group][name][tuple(region)] = data
-
     def write_regions(self, group: str, items: Mapping[str, tuple[Sequence[slice], np.ndarray]]) -> None:
-        """Write several ``{name: (region, data)}`` of group ``group`` at once (concurrently)."""
+        """Write ``{name: (region, data)}`` into arrays of group ``group``, all at once (regions should be
+        chunk-aligned)."""
         target = self.root[group]
         arrays = [(target[name]._async_array, tuple(region), data) for name, (region, data) in items.items()]
 
