@@ -48,13 +48,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import numpy as np
 
 from errors import InputError
 
 from .formats import FrameCamera, PoseFile, parse_cameras_json, parse_colmap, parse_transforms_json
 from .images import DEFAULT_MAX_PIXELS, SWAPS_AXES, decode_image
+from .urls import filesystem
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 SOURCE_FORMATS = ("zipmap", "nerfstudio", "colmap", "images")
@@ -107,11 +107,6 @@ class Collection:
         return np.stack(self.depth)
 
 
-def _fs(url: str, storage_options: Mapping[str, Any] | None):
-    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    return fs, root.rstrip("/")
-
-
 def _names_in(fs, folder: str) -> set[str] | None:
     """Entry names directly in ``folder``; None when it does not exist."""
     try:
@@ -126,7 +121,7 @@ def _is_image(name: str) -> bool:
 
 def list_images(url: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
     """Image paths under ``url/images/`` in frame order (sorted file name)."""
-    fs, root = _fs(url, storage_options)
+    fs, root = filesystem(url, storage_options)
     names = _names_in(fs, posixpath.join(root, "images"))
     if names is None:
         raise InputError(f"{url.rstrip('/')}: no images/ folder")
@@ -303,7 +298,7 @@ def read_collection(url: str, storage_options: Mapping[str, Any] | None = None, 
 
     ``max_pixels`` bounds each image (width x height, checked before decoding)."""
     url = url.rstrip("/") or url
-    fs, root = _fs(url, storage_options)
+    fs, root = filesystem(url, storage_options)
     top = _names_in(fs, root)
     if top is None:
         raise InputError(f"{url}: no such folder")
