@@ -399,7 +399,8 @@ def fuse_chunk(grid: VolumeGrid, region: Region, depth, conf, colors, cam_from_w
     image onto a pixel with depth, and lies at most ``truncation`` behind that depth. The region is
     decoded in blocks of at most 32^3 voxels, ``view_batch`` views at a time, so temporary memory is
     about ``view_batch x 3`` MB plus 24 bytes per voxel of the region (its sums). The result does not
-    depend on the region's size or ``view_batch``: any chunking gives bit-identical voxels.
+    depend on the region's size or ``view_batch``: any chunking gives bit-identical voxels (on the CPU;
+    on CUDA the colour sums are atomic adds, equal up to float32 rounding).
 
     Returns, on the input device, ``tsdf [z, y, x]`` float32 in [-1, 1] (positive in front of the
     surface, NaN where unobserved), ``weight [z, y, x]`` float32 (sum of the weights of the observing
