@@ -76,6 +76,10 @@ class ZipMapConfig:
     camera_trunk_depth: int = 4
     camera_num_heads: int = 16
     camera_iterations: int = 4
+    # Our addition for small models trained on little compute (not in the published ZipMap): every
+    # frame's patches are matched against the reference frame's, and a summary of that match field is
+    # added to the frame's camera token (model.heads.camera.ReferenceMatch). Off for the published presets.
+    camera_ref_match: bool = False
     enable_depth: bool = True
     enable_local_points: bool = True
     enable_nvs: bool = False  # RGB-D head answering ray queries (state-query variant)

@@ -19,7 +19,7 @@ from errors import InputError
 
 from .aggregator import Aggregator
 from .config import ZipMapConfig
-from .heads.camera import CameraHead, CameraMLPHead
+from .heads.camera import CameraHead, CameraMLPHead, ReferenceMatch
 from .heads.dpt import DPTHead
 from .state import SceneState
 
@@ -36,6 +36,7 @@ class ZipMap(nn.Module):
                                           cfg.mlp_ratio, cfg.init_values, cfg.camera_iterations)
         elif cfg.camera_head == "mlp":
             self.camera_mlp_head = CameraMLPHead(dim)
+        self.camera_ref_match = ReferenceMatch(dim) if cfg.camera_ref_match else None
         dpt = dict(patch_size=cfg.patch_size, features=cfg.dpt_features,
                    out_channels=cfg.dpt_out_channels, frames_chunk=cfg.dpt_frames_chunk)
         self.depth_head = DPTHead(dim, 2, "exp", "expp1", **dpt) if cfg.enable_depth else None
@@ -105,7 +106,7 @@ class ZipMap(nn.Module):
         fast_in = state.layers if state is not None else None
         layers, fast = self._trunk(images, query_rays, fast_in, window, reference_first=state is None)
         S = images.shape[1]
-        out = self._decode([t[:, :S] for t in layers], images.shape[-2:])
+        out = self._decode([t[:, :S] for t in layers], images.shape[-2:], has_reference=state is None)
         if query_rays is not None:
             out.update(self._decode_queries([t[:, S:] for t in layers], images.shape[-2:]))
         out["state"] = SceneState(tuple(fast), images.shape[0]) if fast is not None else None
@@ -131,15 +132,20 @@ class ZipMap(nn.Module):
         return {"nvs_pred": torch.cat(preds, dim=1), "nvs_depth_conf": torch.cat(confs, dim=1)}
 
     # ------------------------------------------------------------------------------------------
-    def _decode(self, layers: list[torch.Tensor], hw) -> dict:
+    def _decode(self, layers: list[torch.Tensor], hw, has_reference: bool = True) -> dict:
         out: dict = {}
         p0 = self.cfg.patch_start_idx
         with torch.autocast(device_type=layers[0].device.type, enabled=False):
+            camera_tokens = layers[-1][:, :, 0]
+            if self.camera_ref_match is not None and has_reference:
+                # frame 0 of this call is the reference; a stream continued from a state has none here
+                p = self.cfg.patch_size
+                camera_tokens = camera_tokens + self.camera_ref_match(layers[-1][:, :, p0:], hw[0] // p, hw[1] // p)
             if self.camera_head is not None:
-                out["pose_enc_list"] = self.camera_head(layers[-1][:, :, 0])
+                out["pose_enc_list"] = self.camera_head(camera_tokens)
                 out["pose_enc"] = out["pose_enc_list"][-1]
             elif self.camera_mlp_head is not None:
-                out["pose_enc_list"] = self.camera_mlp_head(layers[-1][:, :, 0])
+                out["pose_enc_list"] = self.camera_mlp_head(camera_tokens)
                 out["pose_enc"] = out["pose_enc_list"][-1]
             if self.depth_head is not None:
                 out["depth"], out["depth_conf"] = self.depth_head(layers, p0, tuple(hw))

@@ -63,6 +63,7 @@ class TrainConfig:
     overfit: bool = False  # repeat one collection every step (debugging, tests)
     init_from: str = ""  # weights (.safetensors) to start a new run from, when OUT has no last.pt
     camera_weight: float = 1.0  # weight of the camera term against depth and points (VGGT uses 5)
+    ref_match: bool = False  # add the reference-matching camera input (model.heads.camera.ReferenceMatch)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -112,14 +113,18 @@ def train(cfg: TrainConfig, log=print) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
-    model = ZipMap(get_config(cfg.preset)).to(device)
+    model = ZipMap(get_config(cfg.preset, **({"camera_ref_match": True} if cfg.ref_match else {}))).to(device)
     step, wall_before = 0, 0.0
     state_path = out / "last.pt"
     if not state_path.exists() and cfg.init_from:
         from ..weights import load_state_dict_into, read_state_dict
 
         # before the optimizer is built: loading assigns new parameter tensors
-        load_state_dict_into(model, read_state_dict(cfg.init_from), cfg.init_from, device=device)
+        weights = read_state_dict(cfg.init_from)
+        if cfg.ref_match:  # weights trained without the module: it starts from its own (neutral) init
+            own = model.state_dict()
+            weights = {**{k: v for k, v in own.items() if k.startswith("camera_ref_match.")}, **weights}
+        load_state_dict_into(model, weights, cfg.init_from, device=device)
         log(f"initialised from {cfg.init_from}")
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2 and "token" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and (p.ndim < 2 or "token" in n)]

@@ -63,3 +63,21 @@ def test_run_initialised_from_weights_trains_those_weights(tmp_path):
     before, after = load_file(start), load_file(str(tmp_path / "b" / "weights-000002.safetensors"))
     changed = [k for k in before if not (before[k] == after[k]).all()]
     assert len(changed) > len(before) // 2, f"only {len(changed)} of {len(before)} tensors changed"
+
+
+def test_reference_match_added_to_trained_weights_trains(tmp_path):
+    """--ref-match --init-from weights without the module: the loaded weights and the new module train."""
+    from safetensors.numpy import load_file
+
+    base = TrainConfig(out=str(tmp_path / "a"), preset="tiny_ref_view", steps=2, warmup=1, min_frames=2, max_frames=3,
+                       height=28, width=42, log_every=1, checkpoint_every=2, snapshot_every=2, workers=0)
+    train(base, log=lambda *_: None)
+    start = str(tmp_path / "a" / "weights-000002.safetensors")
+    train(TrainConfig(**{**base.__dict__, "out": str(tmp_path / "b"), "init_from": start, "ref_match": True,
+                         "camera_weight": 5.0}), log=lambda *_: None)
+    before, after = load_file(start), load_file(str(tmp_path / "b" / "weights-000002.safetensors"))
+    new = [k for k in after if k not in before]
+    assert new and all(k.startswith("camera_ref_match.") for k in new)
+    assert (after["camera_ref_match.mlp.fc2.weight"] != 0).any()  # zero at the start, trained since
+    changed = [k for k in before if not (before[k] == after[k]).all()]
+    assert len(changed) > len(before) // 2

@@ -165,3 +165,51 @@ def test_gradients_flow_through_the_zip_pass():
     (out["depth"].mean() + out["pose_enc"].mean()).backward()
     g = model.aggregator.global_blocks[0].ttt_block.w0.grad
     assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+# --- the reference-matching camera input (our addition for small models) ---
+
+def test_reference_match_reads_a_known_shift():
+    """Frame 1 shows frame 0's content moved one patch column: every patch is found one column over
+    in the reference, so the fitted displacement is one patch (in units of the longer side) in x."""
+    from model.heads.camera import ReferenceMatch
+
+    h, w, d = 4, 6, 32
+    g = torch.Generator().manual_seed(0)
+    f0 = torch.nn.functional.normalize(torch.randn(h, w, d, generator=g), dim=-1) * 30  # sharp softmax
+    f1 = torch.roll(f0, shifts=-1, dims=1)  # f1[:, x] = f0[:, x + 1]
+    f1[:, -1] = 0  # the column that would wrap around matches nothing in particular
+    f = torch.stack([f0, f1]).reshape(1, 2, h * w, d)
+    stats = ReferenceMatch(d).match_stats(f, h, w)[0]  # [2, 15]
+    coef = stats[:, :12].reshape(2, 6, 2)
+    torch.testing.assert_close(coef[0], torch.zeros(6, 2), atol=1e-4, rtol=0)  # the reference matches itself
+    assert abs(coef[1, 0, 0].item() - 1 / w) < 0.02 and abs(coef[1, 0, 1].item()) < 0.02
+    assert stats[1, 12] < stats[0, 12]  # the unmatched column lowers the mean confidence
+
+
+def test_reference_match_starts_neutral_and_round_trips(tmp_path):
+    """Added to trained weights the module changes nothing until trained; its flag travels with the
+    checkpoint's config; a continued stream (no reference in the call) skips it."""
+    from model.weights import load_zipmap, save_checkpoint
+
+    torch.manual_seed(0)
+    plain = ZipMap(get_config("tiny_ref_view")).eval()
+    with_match = ZipMap(get_config("tiny_ref_view", camera_ref_match=True)).eval()
+    own = with_match.state_dict()
+    with_match.load_state_dict({**own, **plain.state_dict()})
+    x = torch.rand(1, 3, 3, 56, 56)
+    with torch.no_grad():
+        a, b = plain(x), with_match(x)
+    torch.testing.assert_close(a["pose_enc"], b["pose_enc"])
+    torch.nn.init.normal_(with_match.camera_ref_match.mlp.fc2.weight)
+    with torch.no_grad():
+        moved = with_match(x)["pose_enc"]
+        stream = with_match(x[:, 1:], state=with_match(x[:, :1])["state"])["pose_enc"]
+        stream_plain = plain(x[:, 1:], state=plain(x[:, :1])["state"])["pose_enc"]
+    assert not torch.allclose(moved, a["pose_enc"])
+    torch.testing.assert_close(stream, stream_plain)
+    url = save_checkpoint(with_match, str(tmp_path / "m.safetensors"))
+    loaded = load_zipmap(url).eval()
+    assert loaded.cfg.camera_ref_match and loaded.camera_ref_match is not None
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)["pose_enc"], moved)
