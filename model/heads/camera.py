@@ -78,6 +78,10 @@ class ReferenceMatch(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.proj = nn.Linear(dim, match_dim)
+        # orthonormal rows: layer-normed features keep most of their length, so a patch's match with
+        # itself stands out (softmax logit ~match_dim ** 0.5) and the field is informative from step one
+        nn.init.orthogonal_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
         self.mlp = Mlp(self.STATS, hidden, dim)
         nn.init.zeros_(self.mlp.fc2.weight)
         nn.init.zeros_(self.mlp.fc2.bias)
