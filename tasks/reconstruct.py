@@ -262,7 +262,9 @@ def decode_volume(store: ReconstructionStore, scene: Scene, plan: VolumePlan, de
                          (c, c, c), (nz, ny, nx), np.float16),
         "weight": Variable(("z", "y", "x"), None, _attrs("sum of confidence weights of the observations", "1"),
                            (c, c, c), (nz, ny, nx), np.float32, 0.0),
-        "rgb": Variable(("z", "y", "x", "channel"), None, _attrs("weighted mean colour, sRGB", "1"),
+        "rgb": Variable(("z", "y", "x", "channel"), None,
+                        _attrs("weighted mean colour of the observations within the truncation band (0 where none), "
+                               "sRGB", "1"),
                         (c, c, c, 3), (nz, ny, nx, 3), np.uint8),
     }
     volume_attrs = {"voxel_size": grid.voxel_size, "truncation": truncation, "crs": scene.crs, "units": u,
