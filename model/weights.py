@@ -207,7 +207,7 @@ _SHA256_CACHE: dict[tuple[str, int, int, int], str] = {}
 
 def sha256_of(path: str | Path) -> str:
     """sha256 of a local file, remembered per process while its inode, size and mtime stay the same
-    (a worker reconstructing thousands of collections hashes its 30 MB checkpoint once, not per run)."""
+    (a worker reconstructing thousands of collections hashes its checkpoint once, not per run)."""
     st = os.stat(path)
     key = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
     if key not in _SHA256_CACHE:
