@@ -1,13 +1,18 @@
 """Training on generated city blocks: AdamW, warm-up + cosine decay, checkpoint and resume.
 
-    python -m model.training --out runs/city --steps 20000 [--device cuda] [--preset city]
+    python -m model.training --out runs/city --steps 20000 [--device cuda] [--preset city] [--batch 8]
+                             [--time-limit-s 3600]
 
-Each step renders (in a background worker) one synthetic collection with a random camera path and
-a random number of frames (``--min-frames`` to ``--max-frames``, so the model sees many N), runs the
-network, and minimises :func:`model.training.losses.total_loss`. ``OUT/last.pt`` holds everything
-needed to resume (model, optimizer, step, RNG); a run started with an existing ``OUT`` continues
-where it stopped. ``OUT/log.csv`` gets one row per logged step; ``OUT/weights-<step>.safetensors``
-(+ JSON config) are inference snapshots. On CUDA the forward pass runs under bf16 autocast.
+Each step renders (in background workers) ``--batch`` synthetic collections, each with a random
+camera path, sharing one random number of frames (``--min-frames`` to ``--max-frames``, so the model
+sees many N) and one input size, runs the network, and minimises
+:func:`model.training.losses.total_loss`. ``--time-limit-s`` stops the run cleanly after that many
+seconds (a GPU lease, a queue's wall-time limit): the learning-rate schedule then follows whichever
+budget, steps or seconds, is further along, so a time-limited run still ends on the low learning rate.
+``OUT/last.pt`` holds everything needed to resume (model, optimizer, step, RNG); a run started
+with an existing ``OUT`` continues where it stopped. ``OUT/log.csv`` gets one row per logged step;
+``OUT/weights-<step>.safetensors`` (+ JSON config) are inference snapshots.
+On CUDA the forward pass runs under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -64,18 +69,30 @@ class TrainConfig:
     init_from: str = ""  # weights (.safetensors) to start a new run from, when OUT has no last.pt
     camera_weight: float = 1.0  # weight of the camera term against depth and points (VGGT uses 5)
     ref_match: bool = False  # add the reference-matching camera input (model.heads.camera.ReferenceMatch)
+    batch: int = 1  # collections per step (same frame count and size within a step)
+    time_limit_s: float = 0.0  # stop after this many seconds of this invocation (0 = no limit)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr``."""
+def lr_at(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr``.
+
+    With a time limit the decay follows whichever is further along: the steps, or ``elapsed_s``
+    against ``time_limit_s`` (the warm-up is always counted in steps).
+    """
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    if cfg.time_limit_s > 0:
+        progress = max(progress, min(1.0, elapsed_s / cfg.time_limit_s))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 class SyntheticStream(torch.utils.data.IterableDataset):
-    """An endless stream of rendered training collections, reproducible from (seed, step)."""
+    """An endless stream of rendered training batches ``[batch, S, ...]``, reproducible from (seed, step).
+
+    A step's first collection draws its scene, path kind, frame count and size; further collections
+    of the same step draw their own scene and path kind (so ``batch=1`` gives the same stream as before).
+    """
 
     def __init__(self, cfg: TrainConfig, start_step: int):
         self.cfg, self.start_step = cfg, start_step
@@ -88,15 +105,17 @@ class SyntheticStream(torch.utils.data.IterableDataset):
         step = self.start_step + wid
         while True:
             rng = random.Random(self.cfg.seed * 1_000_003 + (0 if self.cfg.overfit else step))
-            scene_seed = rng.randrange(HELD_OUT_SEED_START)
-            kind = rng.choice(self.cfg.path_kinds)
+            draws = [(rng.randrange(HELD_OUT_SEED_START), rng.choice(self.cfg.path_kinds))]
             frames = rng.randint(self.cfg.min_frames, self.cfg.max_frames)
             height, width = self.cfg.height, self.cfg.width
             if self.cfg.sizes:
                 height, width = (int(v) for v in rng.choice(self.cfg.sizes).lower().split("x"))
-            sample = generate_sample(scene_seed=scene_seed, path_kind=kind, num_frames=frames,
-                                     height=height, width=width)
-            yield {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sample.items()}
+            draws += [(rng.randrange(HELD_OUT_SEED_START), rng.choice(self.cfg.path_kinds))
+                      for _ in range(self.cfg.batch - 1)]
+            samples = [generate_sample(scene_seed=scene_seed, path_kind=kind, num_frames=frames,
+                                       height=height, width=width) for scene_seed, kind in draws]
+            yield {k: torch.from_numpy(np.ascontiguousarray(np.stack([s[k] for s in samples])))
+                   for k in samples[0]}
             step += nw
 
 
@@ -147,17 +166,24 @@ def train(cfg: TrainConfig, log=print) -> Path:
                                          persistent_workers=bool(cfg.workers))
     use_amp = device.type == "cuda"
     model.train()
-    t_start, t_last = time.time() - wall_before, time.time()  # wall_s counts across resumed runs
+    t_run = time.time()
+    t_start, t_last = t_run - wall_before, t_run  # wall_s counts across resumed runs
     with open(log_path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         if new_log:
             writer.writeheader()
         for sample in loader:
-            if step >= cfg.steps:
+            out_of_time = cfg.time_limit_s > 0 and time.time() - t_run >= cfg.time_limit_s
+            if step >= cfg.steps or out_of_time:
+                if out_of_time and step % cfg.checkpoint_every:  # the last steps are kept, not lost
+                    _save_state(state_path, model, optimizer, step, cfg, time.time() - t_start)
+                    save_checkpoint(model, str(out / f"weights-{step:06d}.safetensors"))
+                    log(f"time limit of {cfg.time_limit_s:g} s reached at step {step}")
                 break
-            batch = {k: v.to(device)[None] for k, v in sample.items()}
+            batch = {k: v.to(device, non_blocking=True) for k, v in sample.items()}
+            lr = lr_at(step, cfg, time.time() - t_run)
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, cfg)
+                group["lr"] = lr
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                 pred = model(batch["images"].float(), window=0)
             loss, terms = total_loss(pred, {k: v.float() for k, v in batch.items()},
@@ -169,7 +195,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
             step += 1
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.time()
-                row = {"step": step, "wall_s": round(now - t_start, 1), "lr": f"{lr_at(step - 1, cfg):.3g}",
+                row = {"step": step, "wall_s": round(now - t_start, 1), "lr": f"{lr:.3g}",
                        "loss": f"{loss.item():.5f}", "frames": batch["images"].shape[1],
                        "sec_per_step": f"{(now - t_last) / cfg.log_every:.3f}",
                        **{k: f"{terms.get(k, float('nan')):.5f}" for k in ("camera", "depth", "points")}}

@@ -5,7 +5,7 @@ import csv
 import torch
 
 from model.geometry import quat_to_mat
-from model.training.loop import TrainConfig, lr_at, train
+from model.training.loop import SyntheticStream, TrainConfig, lr_at, train
 from model.training.losses import normalize_scene
 
 
@@ -32,6 +32,38 @@ def test_learning_rate_schedule():
     cfg = TrainConfig(steps=100, warmup=10, lr=1e-3, min_lr_ratio=0.1)
     assert lr_at(0, cfg) == 1e-4 and lr_at(9, cfg) == 1e-3
     assert abs(lr_at(100, cfg) - 1e-4) < 1e-12 and lr_at(50, cfg) < lr_at(20, cfg)
+    # with a time limit the schedule follows the budget that is further along
+    timed = TrainConfig(steps=1000, warmup=10, lr=1e-3, min_lr_ratio=0.1, time_limit_s=60)
+    assert lr_at(20, timed, elapsed_s=0.0) == lr_at(20, TrainConfig(**{**timed.__dict__, "time_limit_s": 0}))
+    assert abs(lr_at(20, timed, elapsed_s=60.0) - 1e-4) < 1e-12
+    assert abs(lr_at(20, timed, elapsed_s=30.0) - 0.55e-3) < 1e-12
+    assert lr_at(5, timed, elapsed_s=59.0) == lr_at(5, cfg)  # warm-up counts steps
+
+
+def test_batched_stream_stacks_collections_of_one_size():
+    cfg = TrainConfig(min_frames=2, max_frames=5, sizes=("14x28", "28x42"), seed=3)
+    one = next(iter(SyntheticStream(cfg, 7)))
+    three = next(iter(SyntheticStream(TrainConfig(**{**cfg.__dict__, "batch": 3}), 7)))
+    assert three["images"].shape[0] == 3 and three["images"].shape[1:] == one["images"].shape[1:]
+    assert one["images"].shape[0] == 1 and one["depth"].shape[0] == 1
+    # the first collection of a step is the one a batch of one draws; the others are other scenes
+    torch.testing.assert_close(three["images"][0], one["images"][0], atol=0, rtol=0)
+    assert not torch.equal(three["images"][1], three["images"][0])
+    assert not torch.equal(three["cam_from_world"][2], three["cam_from_world"][1])
+
+
+def test_time_limit_stops_the_run_and_keeps_its_steps(tmp_path):
+    cfg = TrainConfig(out=str(tmp_path / "run"), preset="tiny_ref_view", steps=100000, warmup=1, min_frames=2,
+                      max_frames=2, height=28, width=42, log_every=1, checkpoint_every=1000, snapshot_every=1000,
+                      workers=0, batch=2, time_limit_s=3.0)
+    messages = []
+    train(cfg, log=messages.append)
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert 0 < state["step"] < 100000
+    assert (tmp_path / "run" / f"weights-{state['step']:06d}.safetensors").exists()
+    assert any("time limit" in m for m in messages)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+    assert float(rows[-1]["lr"]) < 3e-4  # the schedule decayed with the clock
 
 
 def test_short_run_lowers_the_loss_and_resumes(tmp_path):
