@@ -1,7 +1,7 @@
 """Training on generated city blocks: AdamW, warm-up + cosine decay, checkpoint and resume.
 
     python -m model.training --out runs/city --steps 20000 [--device cuda] [--preset city] [--batch 8]
-                             [--time-limit-s 3600]
+                             [--time-limit-s 3600] [--echo 2]
 
 Each step renders (in background workers) ``--batch`` synthetic collections, each with a random
 camera path, sharing one random number of frames (``--min-frames`` to ``--max-frames``, so the model
@@ -9,6 +9,8 @@ sees many N) and one input size, runs the network, and minimises
 :func:`model.training.losses.total_loss`. ``--time-limit-s`` stops the run cleanly after that many
 seconds (a GPU lease, a queue's wall-time limit): the learning-rate schedule then follows whichever
 budget, steps or seconds, is further along, so a time-limited run still ends on the low learning rate.
+``--echo N`` uses each rendered batch for N steps (later ones with the frames reordered), for GPUs
+that train faster than the CPU workers render.
 ``OUT/last.pt`` holds everything needed to resume (model, optimizer, step, RNG); a run started
 with an existing ``OUT`` continues where it stopped. ``OUT/log.csv`` gets one row per logged step;
 ``OUT/weights-<step>.safetensors`` (+ JSON config) are inference snapshots.
@@ -70,6 +72,7 @@ class TrainConfig:
     camera_weight: float = 1.0  # weight of the camera term against depth and points (VGGT uses 5)
     ref_match: bool = False  # add the reference-matching camera input (model.heads.camera.ReferenceMatch)
     batch: int = 1  # collections per step (same frame count and size within a step)
+    echo: int = 1  # steps per rendered batch: repeats get their frames in a new random order (new reference)
     time_limit_s: float = 0.0  # stop after this many seconds of this invocation (0 = no limit)
 
 
@@ -119,6 +122,22 @@ class SyntheticStream(torch.utils.data.IterableDataset):
             step += nw
 
 
+def _echoed(batches, cfg: TrainConfig, first_step: int):
+    """Each rendered batch ``cfg.echo`` times ("data echoing", for when rendering on the CPU cannot keep
+    a GPU busy): first as drawn, then with its frames in a random order, seeded by (seed, step). Frame 0
+    is the reference that fixes the world frame, so each order is a new target, not a plain repeat."""
+    step = first_step
+    for sample in batches:
+        for e in range(cfg.echo):
+            if e:
+                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+                order = torch.randperm(sample["images"].shape[1], generator=g)
+                yield {k: v[:, order] for k, v in sample.items()}
+            else:
+                yield sample
+            step += 1
+
+
 def _save_state(path: Path, model, optimizer, step: int, cfg: TrainConfig, wall_s: float) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "wall_s": wall_s,
@@ -161,7 +180,8 @@ def train(cfg: TrainConfig, log=print) -> Path:
     log_path = out / "log.csv"
     fields = ["step", "wall_s", "lr", "loss", "camera", "depth", "points", "frames", "sec_per_step"]
     new_log = not log_path.exists()
-    loader = torch.utils.data.DataLoader(SyntheticStream(cfg, step), batch_size=None, num_workers=cfg.workers,
+    loader = torch.utils.data.DataLoader(SyntheticStream(cfg, step // cfg.echo), batch_size=None,
+                                         num_workers=cfg.workers,
                                          prefetch_factor=2 if cfg.workers else None,
                                          persistent_workers=bool(cfg.workers))
     use_amp = device.type == "cuda"
@@ -172,7 +192,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
         writer = csv.DictWriter(f, fieldnames=fields)
         if new_log:
             writer.writeheader()
-        for sample in loader:
+        for sample in _echoed(loader, cfg, step):
             out_of_time = cfg.time_limit_s > 0 and time.time() - t_run >= cfg.time_limit_s
             if step >= cfg.steps or out_of_time:
                 if out_of_time and step % cfg.checkpoint_every:  # the last steps are kept, not lost
@@ -227,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(cfg.path_kinds) - set(PATH_KINDS)
     if unknown:
         p.error(f"unknown path kinds {sorted(unknown)}; known {PATH_KINDS}")
+    for name in ("batch", "echo"):
+        if getattr(cfg, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(cfg, name)}")
     torch.set_float32_matmul_precision("high")
     train(cfg, log=lambda msg: print(msg, flush=True))
     return 0

@@ -5,7 +5,7 @@ import csv
 import torch
 
 from model.geometry import quat_to_mat
-from model.training.loop import SyntheticStream, TrainConfig, lr_at, train
+from model.training.loop import SyntheticStream, TrainConfig, _echoed, lr_at, train
 from model.training.losses import normalize_scene
 
 
@@ -113,3 +113,29 @@ def test_reference_match_added_to_trained_weights_trains(tmp_path):
     assert (after["camera_ref_match.mlp.fc2.weight"] != 0).any()  # zero at the start, trained since
     changed = [k for k in before if not (before[k] == after[k]).all()]
     assert len(changed) > len(before) // 2
+
+
+def test_echo_repeats_each_batch_with_its_frames_reordered():
+    cfg = TrainConfig(min_frames=6, max_frames=6, height=14, width=28, echo=3, seed=1)
+    rendered = list(zip(range(2), SyntheticStream(cfg, 0)))
+    steps = list(_echoed((b for _, b in rendered), cfg, 0))
+    assert len(steps) == 6
+    for g in range(2):
+        first, *repeats = steps[3 * g: 3 * g + 3]
+        assert first is rendered[g][1]
+        for rep in repeats:
+            # the same frames, in another order, every array reordered alike
+            assert not torch.equal(rep["images"], first["images"])
+            order = [int((first["images"][0] == f).flatten(1).all(1).nonzero()[0]) for f in rep["images"][0]]
+            assert sorted(order) == list(range(6))
+            for key in ("depth", "cam_from_world", "intrinsics"):
+                torch.testing.assert_close(rep[key], first[key][:, order], atol=0, rtol=0)
+
+
+def test_echoed_run_counts_every_repeat_as_a_step(tmp_path):
+    cfg = TrainConfig(out=str(tmp_path / "run"), preset="tiny_ref_view", steps=6, warmup=1, min_frames=3, max_frames=3,
+                      height=28, width=42, log_every=1, checkpoint_every=6, snapshot_every=6, workers=0, echo=3)
+    train(cfg, log=lambda *_: None)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 6
