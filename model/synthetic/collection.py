@@ -26,11 +26,13 @@ from .scene import make_scene
 
 
 def generate_sample(scene_seed: int, path_kind: str, num_frames: int, height: int, width: int,
-                    path_seed: int | None = None) -> dict:
+                    path_seed: int | None = None, max_orbit_step_deg: float | None = None) -> dict:
     """Render one path of one scene -> ``images [S, 3, H, W]`` float32 in [0, 1], ``depth [S, H, W]`` float32,
-    ``cam_from_world [S, 3, 4]`` and ``intrinsics [S, 3, 3]`` float64. ``path_seed`` defaults to ``scene_seed``."""
+    ``cam_from_world [S, 3, 4]`` and ``intrinsics [S, 3, 3]`` float64. ``path_seed`` defaults to ``scene_seed``;
+    ``max_orbit_step_deg``: see :func:`model.synthetic.paths.make_path`."""
     scene = make_scene(scene_seed)
-    frames = make_path(scene, path_kind, num_frames, scene_seed if path_seed is None else path_seed, height, width)
+    frames = make_path(scene, path_kind, num_frames, scene_seed if path_seed is None else path_seed, height, width,
+                       max_orbit_step_deg=max_orbit_step_deg)
     rendered = [render(scene, cam, K, height, width) for cam, K in frames]
     return {
         "images": np.stack([rgb.transpose(2, 0, 1) for rgb, _ in rendered]),

@@ -10,6 +10,8 @@ failing frame is redrawn (bounded). All draws come from ``numpy.random.default_r
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from errors import InputError
@@ -83,8 +85,9 @@ def _street(scene: Scene, rng, n: int, jitter: bool = False) -> list[np.ndarray]
     return cams
 
 
-def _orbit(scene: Scene, rng, n: int) -> list[np.ndarray]:
-    """Circle arc (60-270 degrees, radius 10-40 m, height 2-20 m) around a building or the plaza centre."""
+def _orbit(scene: Scene, rng, n: int, max_step_deg: float | None = None) -> list[np.ndarray]:
+    """Circle arc (60-270 degrees, radius 10-40 m, height 2-20 m) around a building or the plaza centre;
+    with ``max_step_deg`` the arc is cut to at most that many degrees between consecutive frames."""
     centre, r_min, r_max = np.zeros(2), 10.0, max(10.0, min(40.0, scene.plaza_radius - 2.0))
     target_z = rng.uniform(2.0, 8.0)
     buildings = np.flatnonzero(scene.box_building)
@@ -94,8 +97,10 @@ def _orbit(scene: Scene, rng, n: int) -> list[np.ndarray]:
         if reach <= 40.0:
             centre, r_min, r_max, target_z = scene.box_center[i, :2], reach, 40.0, min(scene.box_half[i, 2], 15.0)
     radius, height = rng.uniform(r_min, r_max), rng.uniform(2.0, 20.0)
-    angles = rng.uniform(0, 2 * np.pi) + rng.choice([-1.0, 1.0]) * np.radians(rng.uniform(60, 270)) * np.linspace(
-        0, 1, n)
+    start, turn, arc = rng.uniform(0, 2 * np.pi), rng.choice([-1.0, 1.0]), rng.uniform(60, 270)
+    if max_step_deg is not None:
+        arc = min(arc, max_step_deg * max(n - 1, 1))
+    angles = start + turn * np.radians(arc) * np.linspace(0, 1, n)
     target = np.array([*centre, target_z])
     return [look_at([*(centre + radius * np.array([np.cos(a), np.sin(a)])), height], target) for a in angles]
 
@@ -120,9 +125,17 @@ def _frame_ok(scene: Scene, cam: np.ndarray, K: np.ndarray, height: int, width: 
 
 
 def make_path(scene: Scene, kind: str, num_frames: int, seed: int, height: int, width: int,
-              ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``num_frames`` (cam_from_world ``[3, 4]``, intrinsics ``[3, 3]``) float64 pairs of a ``kind`` path."""
-    samplers = {"street": _street, "orbit": _orbit, "aerial": _aerial,
+              max_orbit_step_deg: float | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``num_frames`` (cam_from_world ``[3, 4]``, intrinsics ``[3, 3]``) float64 pairs of a ``kind`` path.
+
+    An orbit's arc (60-270 degrees) does not depend on the number of frames, so a few frames of one are
+    far apart; ``max_orbit_step_deg`` caps the turn between consecutive frames (training uses it, so
+    short samples overlap like consecutive frames of a long one). Other kinds ignore it.
+    """
+    if max_orbit_step_deg is not None and not (math.isfinite(max_orbit_step_deg) and max_orbit_step_deg > 0):
+        raise InputError(f"max_orbit_step_deg must be > 0 degrees, got {max_orbit_step_deg}")
+    samplers = {"street": _street, "orbit": lambda sc, rng, n: _orbit(sc, rng, n, max_orbit_step_deg),
+                "aerial": _aerial,
                 "handheld": lambda sc, rng, n: _street(sc, rng, n, jitter=True)}
     if kind not in samplers:
         raise InputError(f"unknown path kind {kind!r}; expected one of {PATH_KINDS}")

@@ -73,6 +73,9 @@ class TrainConfig:
     ref_match: bool = False  # add the reference-matching camera input (model.heads.camera.ReferenceMatch)
     batch: int = 1  # collections per step (same frame count and size within a step)
     echo: int = 1  # steps per rendered batch: repeats get their frames in a new random order (new reference)
+    # most degrees an orbit turns between consecutive frames (0 = no cap: a 2-frame orbit may span 270).
+    # 18 is the largest step of a 16-frame orbit, so short samples look like parts of the evaluated paths
+    orbit_max_step_deg: float = 18.0
     time_limit_s: float = 0.0  # stop after this many seconds of this invocation (0 = no limit)
 
 
@@ -115,8 +118,9 @@ class SyntheticStream(torch.utils.data.IterableDataset):
                 height, width = (int(v) for v in rng.choice(self.cfg.sizes).lower().split("x"))
             draws += [(rng.randrange(HELD_OUT_SEED_START), rng.choice(self.cfg.path_kinds))
                       for _ in range(self.cfg.batch - 1)]
-            samples = [generate_sample(scene_seed=scene_seed, path_kind=kind, num_frames=frames,
-                                       height=height, width=width) for scene_seed, kind in draws]
+            cap = self.cfg.orbit_max_step_deg or None
+            samples = [generate_sample(scene_seed=scene_seed, path_kind=kind, num_frames=frames, height=height,
+                                       width=width, max_orbit_step_deg=cap) for scene_seed, kind in draws]
             yield {k: torch.from_numpy(np.ascontiguousarray(np.stack([s[k] for s in samples])))
                    for k in samples[0]}
             step += nw

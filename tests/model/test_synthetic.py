@@ -213,3 +213,16 @@ def test_cli_and_s3(tmp_path, capsys, s3_bucket):
         "cameras.json", "depth/000.npy", "depth/001.npy", "images/000.png", "images/001.png"]
     local = np.asarray(Image.open(tmp_path / "cli" / "images" / "001.png"))
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(fs.cat(f"{bucket}/synthetic/c1/images/001.png")))), local)
+
+
+def test_orbit_step_cap_bounds_the_turn_between_frames():
+    def steps(**kw):
+        R = generate_sample(21, "orbit", 4, 28, 42, **kw)["cam_from_world"][:, :3, :3]
+        return [float(np.degrees(np.arccos(np.clip((np.trace(R[i + 1] @ R[i].T) - 1) / 2, -1, 1)))) for i in range(3)]
+
+    free, capped = steps(), steps(max_orbit_step_deg=10.0)
+    assert min(free) > 19.0  # an uncapped arc of >= 60 degrees over 3 steps
+    # the cameras look at a fixed target from one height, so the turn is the azimuth step
+    np.testing.assert_allclose(capped, 10.0, atol=1e-6)
+    with pytest.raises(InputError, match="max_orbit_step_deg"):
+        generate_sample(21, "orbit", 4, 28, 42, max_orbit_step_deg=0.0)

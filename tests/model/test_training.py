@@ -139,3 +139,16 @@ def test_echoed_run_counts_every_repeat_as_a_step(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 6
+
+
+def test_training_orbits_turn_at_most_the_configured_step():
+    import numpy as np
+
+    def max_turn(cap):
+        cfg = TrainConfig(min_frames=3, max_frames=3, height=14, width=28, path_kinds=("orbit",), seed=2,
+                          orbit_max_step_deg=cap)
+        R = next(iter(SyntheticStream(cfg, 0)))["cam_from_world"][0, :, :3, :3].double().numpy()
+        return max(np.degrees(np.arccos(np.clip((np.trace(R[i + 1] @ R[i].T) - 1) / 2, -1, 1))) for i in range(2))
+
+    assert max_turn(5.0) <= 5.0 + 1e-6
+    assert max_turn(0.0) > 25.0  # 0 = no cap: 3 frames over a 60-270 degree arc
