@@ -220,7 +220,8 @@ class FastWeightSwiGLU(nn.Module):
 
         if out.shape[1] != L:
             raise ValueError(f"TTT apply ops cover {out.shape[1]} of {L} tokens; they must cover all")
-        out = self.o_norm(out)  # per head
+        # per head; the weight in the activations' dtype, so bf16 autocast keeps the fused kernel
+        out = F.rms_norm(out, self.o_norm.normalized_shape, self.o_norm.weight.to(out.dtype), self.o_norm.eps)
         out = out.reshape(B, h, L, -1).transpose(1, 2).reshape(B, L, D)
         if self.gate_fn is not None:
             out = out * self.gate_fn(x)

@@ -123,3 +123,19 @@ def test_cpu_bfloat16_emulation_tracks_true_bfloat16():
     # both carry bf16-level error of the same size, and agree with each other to that level
     assert 1e-4 < err_emul < 5e-2 and 1e-4 < err_true < 5e-2
     assert (emulated.double() - true_bf16.double()).norm() / exact.norm() < 5e-2
+
+
+def test_module_under_bf16_autocast_keeps_one_dtype():
+    """The output norm gets its weight in the activations' dtype (else PyTorch warns and leaves the fused kernel)."""
+    import warnings
+
+    layer = FastWeightSwiGLU(dim=16, head_dim=8, inter_multi=2)
+    x = torch.randn(1, 10, 16)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*Mismatch dtype")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, _ = layer(x, [TTTOp(0, -1, True, False), TTTOp(0, -1, False, True)])
+    assert out.shape == x.shape and torch.isfinite(out.float()).all()
+    ref, _ = layer(x, [TTTOp(0, -1, True, False), TTTOp(0, -1, False, True)])  # float32 outside autocast
+    assert ref.dtype == torch.float32
+    torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0.1)  # bf16 rounding only
