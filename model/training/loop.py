@@ -97,7 +97,7 @@ class SyntheticStream(torch.utils.data.IterableDataset):
     """An endless stream of rendered training batches ``[batch, S, ...]``, reproducible from (seed, step).
 
     A step's first collection draws its scene, path kind, frame count and size; further collections
-    of the same step draw their own scene and path kind (so ``batch=1`` gives the same stream as before).
+    of the same step draw their own scene and path kind (a batch of one is just the first collection).
     """
 
     def __init__(self, cfg: TrainConfig, start_step: int):
