@@ -137,15 +137,16 @@ class ZipMap(nn.Module):
         p0 = self.cfg.patch_start_idx
         with torch.autocast(device_type=layers[0].device.type, enabled=False):
             camera_tokens = layers[-1][:, :, 0]
+            cond = None
             if self.camera_ref_match is not None and has_reference:
                 # frame 0 of this call is the reference; a stream continued from a state has none here
                 p = self.cfg.patch_size
-                camera_tokens = camera_tokens + self.camera_ref_match(layers[-1][:, :, p0:], hw[0] // p, hw[1] // p)
+                cond, out["ref_match_logits"] = self.camera_ref_match(layers[-1][:, :, p0:], hw[0] // p, hw[1] // p)
             if self.camera_head is not None:
-                out["pose_enc_list"] = self.camera_head(camera_tokens)
+                out["pose_enc_list"] = self.camera_head(camera_tokens, cond)
                 out["pose_enc"] = out["pose_enc_list"][-1]
             elif self.camera_mlp_head is not None:
-                out["pose_enc_list"] = self.camera_mlp_head(camera_tokens)
+                out["pose_enc_list"] = self.camera_mlp_head(camera_tokens if cond is None else camera_tokens + cond)
                 out["pose_enc"] = out["pose_enc_list"][-1]
             if self.depth_head is not None:
                 out["depth"], out["depth_conf"] = self.depth_head(layers, p0, tuple(hw))

@@ -42,9 +42,12 @@ class CameraHead(nn.Module):
         self.adaln_norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.pose_branch = Mlp(dim, dim // 2, POSE_DIM)
 
-    def forward(self, camera_tokens: torch.Tensor) -> list[torch.Tensor]:
-        """``[B, S, C]`` camera tokens -> the activated encoding after each iteration."""
+    def forward(self, camera_tokens: torch.Tensor, cond: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """``[B, S, C]`` camera tokens -> the activated encoding after each iteration. ``cond``
+        ``[B, S, C]`` (optional) is added to the normalised tokens (see :class:`ReferenceMatch`)."""
         tokens = self.token_norm(camera_tokens)
+        if cond is not None:
+            tokens = tokens + cond
         B, S, _ = tokens.shape
         raw = None
         history = []
@@ -69,6 +72,9 @@ class ReferenceMatch(nn.Module):
     fit of the field by a quadratic in image position (12 numbers, independent of the image size:
     positions are in units of the longer side) plus the mean match confidence and displacement feed an
     MLP whose last layer starts at zero, so adding the module to trained weights changes nothing at first.
+    Its output is added to the camera head's normalised tokens (where it is not dwarfed by the raw
+    token's norm). The match logits are returned too, for a supervised matching loss
+    (:func:`model.training.losses.match_loss`): without it the matches stay flat on small data.
     Cost: one ``(h w) x (h w)`` correlation per frame against one frame, linear in the number of frames.
     """
 
@@ -85,18 +91,30 @@ class ReferenceMatch(nn.Module):
         self.mlp = Mlp(self.STATS, hidden, dim)
         nn.init.zeros_(self.mlp.fc2.weight)
         nn.init.zeros_(self.mlp.fc2.bias)
+        self.log_temperature = nn.Parameter(torch.zeros(()))  # learned sharpness of the soft matches
         self.ridge = ridge
 
-    def forward(self, patches: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """``patches`` ``[B, S, h*w, C]`` (frame 0 is the reference) -> ``[B, S, C]``."""
-        return self.mlp(self.match_stats(self.proj(self.norm(patches)), h, w))
+    def forward(self, patches: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``patches`` ``[B, S, h*w, C]`` (frame 0 is the reference) -> (``[B, S, C]`` camera input,
+        match logits ``[B, S, h*w, h*w]``: row i of frame s scores the reference's patches for patch i)."""
+        logits = self.match_logits(self.proj(self.norm(patches)))
+        return self.mlp(self.match_stats_from_logits(logits, h, w)), logits
+
+    def match_logits(self, f: torch.Tensor) -> torch.Tensor:
+        """Matching features ``[B, S, h*w, d]`` -> logits ``[B, S, h*w, h*w]`` against frame 0's."""
+        scale = f.shape[-1] ** -0.5 * self.log_temperature.exp()
+        return torch.einsum("bsid,bjd->bsij", f, f[:, 0]) * scale
 
     def match_stats(self, f: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Matching features ``[B, S, h*w, d]`` -> ``[B, S, 15]``: the quadratic fit of the displacement
         field (constant, x, y, x^2, xy, y^2 terms for the x then the y displacement, interleaved per term),
         the mean match confidence and the mean absolute displacement in x and y."""
-        scale = f.shape[-1] ** -0.5
-        prob = torch.einsum("bsid,bjd->bsij", f, f[:, 0]).mul(scale).softmax(-1)  # [B, S, hw, hw]
+        return self.match_stats_from_logits(self.match_logits(f), h, w)
+
+    def match_stats_from_logits(self, logits: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Match logits ``[B, S, h*w, h*w]`` -> the 15 statistics of :meth:`match_stats`."""
+        prob = logits.softmax(-1)  # [B, S, hw, hw]
+        f = prob
         ys, xs = torch.meshgrid(torch.arange(h, device=f.device, dtype=f.dtype),
                                 torch.arange(w, device=f.device, dtype=f.dtype), indexing="ij")
         side = float(max(h, w))

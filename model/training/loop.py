@@ -182,8 +182,11 @@ def train(cfg: TrainConfig, log=print) -> Path:
         log(f"resumed from {state_path} at step {step}")
     (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     log_path = out / "log.csv"
-    fields = ["step", "wall_s", "lr", "loss", "camera", "depth", "points", "frames", "sec_per_step"]
+    fields = ["step", "wall_s", "lr", "loss", "camera", "depth", "points", "frames", "sec_per_step", "match"]
     new_log = not log_path.exists()
+    if not new_log:  # a resumed run keeps the columns its log started with
+        with open(log_path, newline="") as f:
+            fields = next(csv.reader(f), None) or fields
     loader = torch.utils.data.DataLoader(SyntheticStream(cfg, step // cfg.echo), batch_size=None,
                                          num_workers=cfg.workers,
                                          prefetch_factor=2 if cfg.workers else None,
@@ -193,7 +196,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
     t_run = time.time()
     t_start, t_last = t_run - wall_before, t_run  # wall_s counts across resumed runs
     with open(log_path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new_log:
             writer.writeheader()
         for sample in _echoed(loader, cfg, step):
@@ -222,7 +225,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
                 row = {"step": step, "wall_s": round(now - t_start, 1), "lr": f"{lr:.3g}",
                        "loss": f"{loss.item():.5f}", "frames": batch["images"].shape[1],
                        "sec_per_step": f"{(now - t_last) / cfg.log_every:.3f}",
-                       **{k: f"{terms.get(k, float('nan')):.5f}" for k in ("camera", "depth", "points")}}
+                       **{k: f"{terms.get(k, float('nan')):.5f}" for k in ("camera", "depth", "points", "match")}}
                 t_last = now
                 writer.writerow(row)
                 f.flush()

@@ -9,6 +9,8 @@ centre, so the network learns one scale convention for all scenes.
 - Depth: confidence-weighted L1, ``c |d - d*| - alpha log c``, plus a multi-scale gradient term on
   the residual (sharp edges), over valid pixels.
 - Local points: L1 plus the same gradient term (the point head has no confidence).
+- Reference matches (only with the optional ``camera_ref_match`` input): cross-entropy of each
+  patch's soft match in the reference frame against the patch its ground-truth 3-D point lands in.
 """
 
 from __future__ import annotations
@@ -84,9 +86,59 @@ def point_loss(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, grad_w
     return l1 + grad_weight * gradient_loss(res.flatten(0, 1), valid.flatten(0, 1))
 
 
+def match_targets(cam_from_world: torch.Tensor, depth: torch.Tensor, intrinsics: torch.Tensor, patch: int,
+                  rel_tol: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which reference patch each patch shows, from ground truth: ``(target, valid)``, each ``[B, S, h*w]``.
+
+    The pixel at the centre of patch i of frame s is lifted with its depth, moved into frame 0 and
+    projected; ``target`` is the index of the frame-0 patch it lands in. ``valid`` holds where the pixel
+    has depth, lands inside frame 0 in front of its camera, and agrees (within ``rel_tol``) with frame
+    0's depth there, i.e. is not hidden from it. Inputs as in :func:`normalize_scene` (metres or not:
+    only projections are used); frame 0's own patches map to themselves.
+    """
+    B, S, H, W = depth.shape
+    h, w = H // patch, W // patch
+    dt = torch.float64
+    rows = torch.arange(h, device=depth.device) * patch + patch // 2
+    cols = torch.arange(w, device=depth.device) * patch + patch // 2
+    d = depth[:, :, rows][:, :, :, cols].to(dt)  # [B, S, h, w]
+    v, u = torch.meshgrid(rows.to(dt) + 0.5, cols.to(dt) + 0.5, indexing="ij")
+    K = intrinsics.to(dt)
+    x = (u - K[..., 0, 2, None, None]) / K[..., 0, 0, None, None]
+    y = (v - K[..., 1, 2, None, None]) / K[..., 1, 1, None, None]
+    cam = torch.stack([x * d, y * d, d], -1)  # [B, S, h, w, 3], camera s
+    T = cam_from_world.to(dt)
+    R, t = T[..., :3, :3], T[..., :3, 3]
+    world = torch.einsum("bsji,bshwj->bshwi", R, cam - t[:, :, None, None])  # R^T (X - t)
+    X0 = torch.einsum("bij,bshwj->bshwi", R[:, 0], world) + t[:, 0, None, None, None]
+    z0 = X0[..., 2]
+    zs = z0.clamp_min(1e-9)
+    u0 = K[:, 0, None, None, None, 0, 0] * X0[..., 0] / zs + K[:, 0, None, None, None, 0, 2]
+    v0 = K[:, 0, None, None, None, 1, 1] * X0[..., 1] / zs + K[:, 0, None, None, None, 1, 2]
+    inside = (d > 0) & (z0 > 1e-9) & (u0 >= 0) & (u0 < W) & (v0 >= 0) & (v0 < H)
+    pu, pv = u0.clamp(0, W - 1).floor().long(), v0.clamp(0, H - 1).floor().long()
+    d0 = torch.gather(depth[:, 0].to(dt).flatten(1), 1, (pv * W + pu).flatten(1)).view(pu.shape)
+    valid = inside & (d0 > 0) & ((d0 - z0).abs() <= rel_tol * d0)
+    target = (pv // patch).clamp(max=h - 1) * w + (pu // patch).clamp(max=w - 1)
+    return target.flatten(2), valid.flatten(2)
+
+
+def match_loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Cross-entropy of the reference matches ``[B, S, h*w, h*w]`` against :func:`match_targets`,
+    over the non-reference frames' patches that have a target (0 when none has)."""
+    B, S, n, _ = logits.shape
+    H, W = batch["images"].shape[-2:]
+    patch = round((H * W / n) ** 0.5)
+    target, valid = match_targets(batch["cam_from_world"], batch["depth"], batch["intrinsics"], patch)
+    valid[:, 0] = False  # the reference matching itself teaches nothing
+    if not valid.any():
+        return logits.sum() * 0.0
+    return torch.nn.functional.cross_entropy(logits[valid].float(), target[valid])
+
+
 def total_loss(out: dict, batch: dict, weights: dict[str, float] | None = None) -> tuple[torch.Tensor, dict]:
     """All terms for one batch ``{"images", "cam_from_world", "intrinsics", "depth"}`` (metres)."""
-    w = {"camera": 1.0, "depth": 1.0, "points": 1.0, **(weights or {})}
+    w = {"camera": 1.0, "depth": 1.0, "points": 1.0, "match": 1.0, **(weights or {})}
     H, W = batch["images"].shape[-2:]
     cams, depth, local = normalize_scene(batch["cam_from_world"], batch["depth"], batch["intrinsics"])
     gt_enc = pose_encoding_from_cameras(cams, batch["intrinsics"], (H, W))
@@ -97,8 +149,11 @@ def total_loss(out: dict, batch: dict, weights: dict[str, float] | None = None) 
         terms["depth"] = depth_loss(out["depth"], out["depth_conf"], depth)
     if "local_points" in out:
         terms["points"] = point_loss(out["local_points"], local, depth > 0)
+    if "ref_match_logits" in out:
+        terms["match"] = match_loss(out["ref_match_logits"], batch)
     loss = sum(w[k] * v for k, v in terms.items())
     return loss, {k: float(v.detach()) for k, v in terms.items()}
 
 
-__all__ = ["camera_loss", "depth_loss", "point_loss", "gradient_loss", "normalize_scene", "total_loss"]
+__all__ = ["camera_loss", "depth_loss", "point_loss", "gradient_loss", "match_loss", "match_targets", "normalize_scene",
+           "total_loss"]

@@ -152,3 +152,44 @@ def test_training_orbits_turn_at_most_the_configured_step():
 
     assert max_turn(5.0) <= 5.0 + 1e-6
     assert max_turn(0.0) > 25.0  # 0 = no cap: 3 frames over a 60-270 degree arc
+
+
+def test_match_targets_identity_for_a_repeated_frame_and_loss_rewards_the_right_match():
+    from model.synthetic import generate_sample
+    from model.training.losses import match_loss, match_targets
+
+    s = generate_sample(5, "street", 2, 56, 84)
+    b = {k: torch.from_numpy(v)[None] for k, v in s.items()}
+    twice = {k: torch.cat([v[:, :1], v[:, :1]], dim=1) for k, v in b.items()}  # frame 1 = frame 0
+    target, valid = match_targets(twice["cam_from_world"], twice["depth"], twice["intrinsics"], 14)
+    n = 4 * 6
+    assert target.shape == (1, 2, n) and valid[0, 1].float().mean() > 0.5
+    assert torch.equal(target[0, 1][valid[0, 1]], torch.arange(n)[valid[0, 1]])
+    # a different camera: targets are real patch indices, not all the identity
+    target, valid = match_targets(b["cam_from_world"], b["depth"], b["intrinsics"], 14)
+    assert valid[0, 1].any() and target.min() >= 0 and target.max() < n
+    right = torch.full((1, 2, n, n), -10.0)
+    right[0, 1, torch.arange(n), target[0, 1]] = 10.0
+    flat = torch.zeros(1, 2, n, n)
+    batch = {**b, "images": b["images"].float()}
+    assert match_loss(right, batch) < 1e-3 < match_loss(flat, batch)
+    assert abs(match_loss(flat, batch).item() - torch.log(torch.tensor(float(n))).item()) < 1e-5
+
+
+def test_reference_match_model_trains_its_matches():
+    from model.config import get_config
+    from model.synthetic import generate_sample
+    from model.training.losses import total_loss
+    from model.zipmap import ZipMap
+
+    torch.manual_seed(0)
+    model = ZipMap(get_config("tiny_ref_view", camera_ref_match=True))
+    s = generate_sample(5, "street", 3, 56, 84)
+    b = {k: torch.from_numpy(v)[None].float() for k, v in s.items()}
+    out = model(b["images"], window=0)
+    assert out["ref_match_logits"].shape == (1, 3, 24, 24)
+    loss, terms = total_loss(out, b)
+    assert "match" in terms and terms["match"] > 0
+    loss.backward()
+    assert model.camera_ref_match.proj.weight.grad.abs().sum() > 0
+    assert model.camera_ref_match.log_temperature.grad is not None
