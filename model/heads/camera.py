@@ -114,9 +114,8 @@ class ReferenceMatch(nn.Module):
     def match_stats_from_logits(self, logits: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Match logits ``[B, S, h*w, h*w]`` -> the 15 statistics of :meth:`match_stats`."""
         prob = logits.softmax(-1)  # [B, S, hw, hw]
-        f = prob
-        ys, xs = torch.meshgrid(torch.arange(h, device=f.device, dtype=f.dtype),
-                                torch.arange(w, device=f.device, dtype=f.dtype), indexing="ij")
+        like = dict(device=prob.device, dtype=prob.dtype)
+        ys, xs = torch.meshgrid(torch.arange(h, **like), torch.arange(w, **like), indexing="ij")
         side = float(max(h, w))
         pos = torch.stack([(xs + 0.5 - w / 2) / side, (ys + 0.5 - h / 2) / side], -1).reshape(-1, 2)  # [hw, 2]
         flow = prob @ pos - pos  # [B, S, hw, 2]: where each patch is found in the reference, minus where it is
@@ -124,7 +123,7 @@ class ReferenceMatch(nn.Module):
         x, y = pos.unbind(-1)
         basis = torch.stack([torch.ones_like(x), x, y, x * x, x * y, y * y], -1)  # [hw, 6]
         wb = basis * conf[..., None]  # [B, S, hw, 6]
-        gram = wb.transpose(-1, -2) @ basis + self.ridge * torch.eye(6, device=f.device, dtype=f.dtype)
+        gram = wb.transpose(-1, -2) @ basis + self.ridge * torch.eye(6, **like)
         coef = torch.linalg.solve(gram, wb.transpose(-1, -2) @ flow)  # [B, S, 6, 2]
         return torch.cat([coef.flatten(-2), conf.mean(-1, keepdim=True), flow.abs().mean(-2)], -1)
 
