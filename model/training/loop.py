@@ -202,9 +202,11 @@ def train(cfg: TrainConfig, log=print) -> Path:
         for sample in _echoed(loader, cfg, step):
             out_of_time = cfg.time_limit_s > 0 and time.time() - t_run >= cfg.time_limit_s
             if step >= cfg.steps or out_of_time:
-                if out_of_time and step % cfg.checkpoint_every:  # the last steps are kept, not lost
-                    _save_state(state_path, model, optimizer, step, cfg, time.time() - t_start)
-                    save_checkpoint(model, str(out / f"weights-{step:06d}.safetensors"))
+                if out_of_time and step < cfg.steps:  # the last steps are kept, not lost
+                    if step % cfg.checkpoint_every:
+                        _save_state(state_path, model, optimizer, step, cfg, time.time() - t_start)
+                    if step % cfg.snapshot_every:
+                        save_checkpoint(model, str(out / f"weights-{step:06d}.safetensors"))
                     log(f"time limit of {cfg.time_limit_s:g} s reached at step {step}")
                 break
             batch = {k: v.to(device, non_blocking=True) for k, v in sample.items()}

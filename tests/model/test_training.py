@@ -193,3 +193,16 @@ def test_reference_match_model_trains_its_matches():
     loss.backward()
     assert model.camera_ref_match.proj.weight.grad.abs().sum() > 0
     assert model.camera_ref_match.log_temperature.grad is not None
+
+
+def test_time_limit_on_a_checkpoint_step_still_leaves_a_snapshot(tmp_path):
+    """Stopping right after a step that saved last.pt (but no snapshot) must still write the weights."""
+    cfg = TrainConfig(out=str(tmp_path / "run"), preset="tiny_ref_view", steps=100000, warmup=1, min_frames=2,
+                      max_frames=2, height=28, width=42, log_every=1, checkpoint_every=1, snapshot_every=1000,
+                      workers=0, time_limit_s=2.0)
+    messages = []
+    train(cfg, log=messages.append)
+    step = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"]
+    assert 0 < step < 1000
+    assert (tmp_path / "run" / f"weights-{step:06d}.safetensors").exists()
+    assert any("time limit" in m for m in messages)
