@@ -7,7 +7,9 @@ interpolation machinery; ``tests/model/test_fusion.py`` checks the two agree), a
 distance is averaged over the views with per-view weights: volumetric integration of range images
 (Curless & Levoy, SIGGRAPH 1996, section 3) in the projective form of KinectFusion (Newcombe et al.,
 ISMAR 2011, section 3.3). The volume is decoded one chunk-aligned region at a time, so the
-pipeline can write each chunk straight into Zarr and never hold the whole volume.
+pipeline can write each chunk straight into Zarr and never hold the whole volume. On a GPU the
+tensor code below runs (blocks of voxels x views); on the CPU a compiled loop over the same numbers
+(``model.fusion_cpu``) replaces its ~30 elementwise passes per (voxel, view) pair.
 
 Conventions:
 
@@ -282,6 +284,40 @@ def _visible_views(views: _Views, first: torch.Tensor, last: torch.Tensor, trunc
     return torch.nonzero(~outside & (views.far > 0)).flatten()
 
 
+def _projection_tables(views: _Views, batch: torch.Tensor, origin: torch.Tensor, steps: list[torch.Tensor],
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Homogeneous pixel coordinates ``(a, b, z) = K (R X + t)`` of the voxel centres ``X = origin +
+    (steps[0][x], steps[1][y], steps[2][z])`` in the views ``batch``, split by axis: float32
+    ``along_z [B, nz, 3]``, ``along_y [B, ny, 3]``, ``along_x [B, nx, 3]`` whose sum is ``(a, b, z)``
+    (``u = a / z``, ``v = b / z``; K's last row is (0, 0, 1)). The large part ``K (R origin + t)`` is
+    float64, once per view; the rest are float32 sums of numbers the size of the camera distance and
+    the grid (times f)."""
+    R, t, K = views.R[batch], views.t[batch], views.K[batch]
+    KR = K @ R                                                                       # [B, 3, 3]
+    base = torch.einsum("bij,bj->bi", K, torch.einsum("bij,j->bi", R, origin) + t)  # [B, 3]
+    along_z = (base[:, None] + steps[2][None, :, None] * KR[:, None, :, 2]).float()  # [B, nz, 3]
+    along_y = (steps[1][None, :, None] * KR[:, None, :, 1]).float()                 # [B, ny, 3]
+    along_x = (steps[0][None, :, None] * KR[:, None, :, 0]).float()                 # [B, nx, 3]
+    return along_z, along_y, along_x
+
+
+def _fuse_region_compiled(grid: VolumeGrid, bounds: tuple[tuple[int, int], ...], views: _Views,
+                          truncation: float) -> dict[str, torch.Tensor]:
+    """The CPU path: ``model.fusion_cpu``'s compiled loop over the region's voxels and all views."""
+    from model import fusion_cpu  # Numba loads on first use: the GPU path and importers never pay for it
+
+    f64 = dict(device=views.device, dtype=torch.float64)
+    origin = torch.tensor(grid.origin, **f64)
+    steps = [torch.arange(a, b, **f64) * grid.voxel_size for a, b in (bounds[2], bounds[1], bounds[0])]
+    # every view (one without valid depth has weight 0 everywhere and adds nothing): the per-pixel
+    # arrays are passed as they are, without a copy per region
+    tables = [a.numpy() for a in _projection_tables(views, torch.arange(len(views.R)), origin, steps)]
+    rgb = None if views.rgb is None else views.rgb.numpy()
+    out = fusion_cpu.fuse_region(*tables, views.depth.numpy(), views.weight.numpy(), rgb, views.size, truncation,
+                                 threads=torch.get_num_threads())
+    return {k: torch.from_numpy(v) for k, v in out.items()}
+
+
 def _accumulate_block(grid: VolumeGrid, block: tuple[tuple[int, int], ...], views: _Views, truncation: float,
                       view_batch: int, sums: dict[str, torch.Tensor], offset: tuple[int, int, int]) -> None:
     """Add the observations of the voxels ``block`` ((z0, z1), (y0, y1), (x0, x1)), global indices) to
@@ -311,15 +347,7 @@ def _accumulate_block(grid: VolumeGrid, block: tuple[tuple[int, int], ...], view
         sum_wb = torch.zeros(N, device=device)
         sum_wbc = torch.zeros(N, 3, device=device)
     for batch in visible.split(view_batch):
-        R, t, K = views.R[batch], views.t[batch], views.K[batch]
-        # homogeneous pixel coordinates (a, b, z) = K (R X + t) of every voxel centre, u = a / z, v = b / z
-        # (K's last row is (0, 0, 1)). The large part K (R origin + t) is float64, once per view; the
-        # rest are float32 sums of numbers the size of the camera distance and the grid (times f)
-        KR = K @ R                                                                       # [B, 3, 3]
-        base = torch.einsum("bij,bj->bi", K, torch.einsum("bij,j->bi", R, origin) + t)  # [B, 3]
-        along_z = (base[:, None] + steps[2][None, :, None] * KR[:, None, :, 2]).float()  # [B, nz, 3]
-        along_y = (steps[1][None, :, None] * KR[:, None, :, 1]).float()                 # [B, ny, 3]
-        along_x = (steps[0][None, :, None] * KR[:, None, :, 0]).float()                 # [B, nx, 3]
+        along_z, along_y, along_x = _projection_tables(views, batch, origin, steps)
         u, v, zc = (
             (along_z[:, :, None, None, i] + along_y[:, None, :, None, i] + along_x[:, None, None, :, i]).flatten(1)
             for i in range(3))                                                          # each [B, N]
@@ -357,8 +385,12 @@ def _accumulate_block(grid: VolumeGrid, block: tuple[tuple[int, int], ...], view
 
 
 def _fuse_region(grid: VolumeGrid, region: Region, views: _Views, truncation: float, view_batch: int,
-                 ) -> dict[str, torch.Tensor]:
+                 kernel: str = "auto") -> dict[str, torch.Tensor]:
     bounds = _region_bounds(grid, region)
+    if kernel == "compiled" or (kernel == "auto" and views.device.type == "cpu"):
+        if views.device.type != "cpu":
+            raise ConfigError(f"the compiled fusion kernel runs on the CPU only, got inputs on {views.device}")
+        return _fuse_region_compiled(grid, bounds, views, truncation)
     nz, ny, nx = (b - a for a, b in bounds)
     device = views.device
     sums = {"w": torch.zeros(nz, ny, nx, device=device), "wt": torch.zeros(nz, ny, nx, device=device)}
@@ -387,7 +419,12 @@ def _fuse_region(grid: VolumeGrid, region: Region, views: _Views, truncation: fl
     return out
 
 
-def _check_fusion_args(truncation: float, view_batch: int) -> None:
+KERNELS = ("auto", "compiled", "tensor")
+
+
+def _check_fusion_args(truncation: float, view_batch: int, kernel: str = "auto") -> None:
+    if kernel not in KERNELS:
+        raise ConfigError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if not (math.isfinite(truncation) and truncation > 0):
         raise ConfigError(f"truncation must be finite and > 0 metres, got {truncation}")
     if int(view_batch) < 1:
@@ -395,7 +432,8 @@ def _check_fusion_args(truncation: float, view_batch: int) -> None:
 
 
 def fuse_chunk(grid: VolumeGrid, region: Region, depth, conf, colors, cam_from_world, intrinsics,
-               truncation: float, min_conf: float = 0.0, view_batch: int = 8) -> dict[str, torch.Tensor]:
+               truncation: float, min_conf: float = 0.0, view_batch: int = 8, kernel: str = "auto",
+               ) -> dict[str, torch.Tensor]:
     """TSDF of one ``(z, y, x)`` region of ``grid`` from ``S`` depth maps.
 
     Inputs (numpy or torch; computed on ``depth``'s device if it is a tensor, else on the CPU):
@@ -405,12 +443,18 @@ def fuse_chunk(grid: VolumeGrid, region: Region, depth, conf, colors, cam_from_w
     ``intrinsics [S, 3, 3]`` in pixels (pixel centres at +0.5). ``truncation`` is in metres.
 
     A view observes a voxel when the voxel centre is in front of the camera, projects inside the
-    image onto a pixel with depth, and lies at most ``truncation`` behind that depth. The region is
-    decoded in blocks of at most 32^3 voxels on the CPU (128^3 on a GPU), ``view_batch`` views at a
-    time, so temporary memory is about ``view_batch x 3`` MB (x 64 on a GPU) plus 24 bytes per voxel of
-    the region (its sums). The result does not
-    depend on the region's size or ``view_batch``: any chunking gives bit-identical voxels (on the CPU;
-    on CUDA the colour sums are atomic adds, equal up to float32 rounding).
+    image onto a pixel with depth, and lies at most ``truncation`` behind that depth.
+
+    ``kernel``: ``"auto"`` (default) runs the compiled loop of ``model.fusion_cpu`` on the CPU (on
+    ``torch.get_num_threads()`` threads; ~4x faster there, compiled once per machine in ~2 s and cached)
+    and the tensor code on other devices; ``"compiled"`` or ``"tensor"`` pick one (the compiled loop
+    is CPU only). The two give the same observations and weights, and the TSDF up to float32
+    summation order (``tests/model/test_fusion.py``). The tensor code decodes blocks of at most 128^3
+    voxels on a GPU (32^3 on the CPU), ``view_batch`` views at a time, so temporary memory is about
+    ``view_batch x 3`` MB (x 64 on a GPU) plus 24 bytes per voxel of the region (its sums); the
+    compiled loop needs only the region's outputs. The result does not depend on the region's size,
+    ``view_batch`` or the thread count: any chunking gives bit-identical voxels (on the CPU; on CUDA the
+    colour sums are atomic adds, equal up to float32 rounding).
 
     Returns, on the input device, ``tsdf [z, y, x]`` float32 in [-1, 1] (positive in front of the
     surface, NaN where unobserved), ``weight [z, y, x]`` float32 (sum of the weights of the observing
@@ -418,22 +462,23 @@ def fuse_chunk(grid: VolumeGrid, region: Region, depth, conf, colors, cam_from_w
     observations within the truncation band (0 where there is none: unobserved voxels and voxels seen
     only as free space, ``tsdf == 1``; every voxel with ``tsdf < 1`` has such an observation).
     """
-    _check_fusion_args(truncation, view_batch)
+    _check_fusion_args(truncation, view_batch, kernel)
     views = _prepare(depth, conf, colors, cam_from_world, intrinsics, min_conf)
-    return _fuse_region(grid, region, views, float(truncation), int(view_batch))
+    return _fuse_region(grid, region, views, float(truncation), int(view_batch), kernel)
 
 
 def fuse_volume(grid: VolumeGrid, depth, conf, colors, cam_from_world, intrinsics, truncation: float,
-                min_conf: float = 0.0, view_batch: int = 8, chunk: int | tuple[int, int, int] = 64,
+                min_conf: float = 0.0, view_batch: int = 8, chunk: int | tuple[int, int, int] = 64, kernel: str = "auto",
                 on_chunk: Callable[[Region, dict[str, np.ndarray]], None] | None = None,
                 ) -> dict[str, np.ndarray] | None:
-    """``fuse_chunk`` over ``grid.chunks(chunk)``, with the same inputs and outputs as numpy arrays.
+    """``fuse_chunk`` over ``grid.chunks(chunk)``, with the same inputs (``kernel`` too) and outputs as
+    numpy arrays.
 
     With ``on_chunk``, each region's arrays are handed to ``on_chunk(region, arrays)`` (e.g. written
     into a Zarr array with chunks of the same size) and nothing is returned, so the volume is never
     held; without it the full ``tsdf``, ``weight`` (and ``rgb``) arrays are assembled and returned.
     """
-    _check_fusion_args(truncation, view_batch)
+    _check_fusion_args(truncation, view_batch, kernel)
     views = _prepare(depth, conf, colors, cam_from_world, intrinsics, min_conf)
     full = None
     if on_chunk is None:
@@ -443,7 +488,7 @@ def fuse_volume(grid: VolumeGrid, depth, conf, colors, cam_from_world, intrinsic
             full["rgb"] = np.zeros((*grid.shape, 3), dtype=np.uint8)
     for region in grid.chunks(chunk):
         arrays = {k: v.cpu().numpy() for k, v in _fuse_region(grid, region, views, float(truncation),
-                                                              int(view_batch)).items()}
+                                                              int(view_batch), kernel).items()}
         if on_chunk is not None:
             on_chunk(region, arrays)
         else:

@@ -5,15 +5,16 @@ import pytest
 import torch
 
 from errors import ConfigError, InputError
-from model.fusion import VolumeGrid, fuse_chunk, fuse_volume, make_grid, scene_bounds, zero_crossings
+from model.fusion import KERNELS, VolumeGrid, fuse_chunk, fuse_volume, make_grid, scene_bounds, zero_crossings
 from model.geometry import world_points_from_depth
 from model.synthetic import generate_sample
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    # fusion is elementwise and memory bound: on a shared 2-core machine a second thread competes
-    # with other processes and makes it ~20x slower instead of faster
+    # the tensor path is elementwise and memory bound: on a shared 2-core machine a second thread
+    # competes with other processes and makes it ~20x slower instead of faster (the compiled loop
+    # follows torch's thread count too)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -27,6 +28,10 @@ def samples():
 
 def _colors(sample):
     return (sample["images"].transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)
+
+
+# the two CPU paths: the compiled loop (the default on the CPU) and the tensor code (the GPU path)
+CPU_KERNELS = pytest.mark.parametrize("kernel", ["compiled", "tensor"])
 
 
 def _gt_points(sample) -> torch.Tensor:
@@ -76,13 +81,14 @@ def test_zero_crossings_lie_on_the_ground_truth_surface(samples, kind):
 
 # --- 2. chunking does not change the result ---
 
-def test_chunked_equals_unchunked(samples):
+@CPU_KERNELS
+def test_chunked_equals_unchunked(samples, kernel):
     sample = samples["orbit"]
     grid = make_grid(*scene_bounds(_gt_points(sample)), max_voxels=40)
     conf = np.random.default_rng(0).uniform(0.5, 3.0, sample["depth"].shape).astype(np.float32)
     args = (grid, sample["depth"], conf, _colors(sample), sample["cam_from_world"], sample["intrinsics"],
             3 * grid.voxel_size)
-    whole = fuse_volume(*args, min_conf=1.0, chunk=1024)
+    whole = fuse_volume(*args, min_conf=1.0, chunk=1024, kernel=kernel)
     regions = []
     parts = {"tsdf": np.full(grid.shape, -7.0, np.float32), "weight": np.full(grid.shape, -7.0, np.float32),
              "rgb": np.zeros((*grid.shape, 3), np.uint8)}
@@ -92,7 +98,7 @@ def test_chunked_equals_unchunked(samples):
         for key, value in arrays.items():
             parts[key][region] = value
 
-    assert fuse_volume(*args, min_conf=1.0, chunk=16, view_batch=5, on_chunk=write) is None
+    assert fuse_volume(*args, min_conf=1.0, chunk=16, view_batch=5, on_chunk=write, kernel=kernel) is None
     assert len(regions) == len(list(grid.chunks(16))) > 8
     assert (parts["tsdf"] != -7.0).sum() == np.isnan(parts["tsdf"]).sum() + np.isfinite(parts["tsdf"]).sum()
     np.testing.assert_array_equal(np.isnan(parts["tsdf"]), np.isnan(whole["tsdf"]))
@@ -102,12 +108,12 @@ def test_chunked_equals_unchunked(samples):
     # min_conf drops observations, so weights are sums of conf >= 1
     assert whole["weight"][whole["weight"] > 0].min() >= 1.0
 
-    tuple_chunks = fuse_volume(*args, min_conf=1.0, chunk=(8, 16, 32))
+    tuple_chunks = fuse_volume(*args, min_conf=1.0, chunk=(8, 16, 32), kernel=kernel)
     np.testing.assert_array_equal(tuple_chunks["tsdf"], whole["tsdf"])
     # torch inputs give the numpy result
     as_torch = [torch.as_tensor(a) for a in args[1:6]]
     region = (slice(3, 20), slice(0, 40), slice(10, 11))
-    one = fuse_chunk(grid, region, *as_torch, 3 * grid.voxel_size, min_conf=1.0)
+    one = fuse_chunk(grid, region, *as_torch, 3 * grid.voxel_size, min_conf=1.0, kernel=kernel)
     assert one["tsdf"].dtype == torch.float32 and one["rgb"].dtype == torch.uint8
     np.testing.assert_array_equal(one["tsdf"].numpy(), whole["tsdf"][region])
 
@@ -124,6 +130,55 @@ def test_utm_sized_coordinates_keep_float32_precision(samples):
     far = fuse_volume(far_grid, sample["depth"], None, None, cams, sample["intrinsics"], 2 * grid.voxel_size)
     np.testing.assert_array_equal(np.isnan(far["tsdf"]), np.isnan(local["tsdf"]))
     np.testing.assert_allclose(far["tsdf"], local["tsdf"], atol=1e-5, equal_nan=True)
+
+
+def test_compiled_kernel_matches_the_tensor_path(samples):
+    """The CPU's compiled loop and the tensor code (the GPU path) give the same volume: the same
+    observations (weights bit-identical), TSDF up to float32 summation order, colour within one level."""
+    sample = samples["street"]
+    grid = make_grid(*scene_bounds(_gt_points(sample)), max_voxels=48)
+    conf = np.random.default_rng(5).uniform(0.5, 3.0, sample["depth"].shape).astype(np.float32)
+    depth = sample["depth"].copy()
+    depth[1] = 0.0  # a view without any depth
+    depth[2, :10] = np.nan  # and rows without data
+    args = (grid, depth, conf, _colors(sample), sample["cam_from_world"], sample["intrinsics"],
+            3 * grid.voxel_size)
+    compiled = fuse_volume(*args, min_conf=0.8, chunk=32, kernel="compiled")
+    tensor = fuse_volume(*args, min_conf=0.8, chunk=32, kernel="tensor")
+    observed = np.isfinite(tensor["tsdf"])
+    assert 0.05 < observed.mean() < 0.95 and (np.abs(tensor["tsdf"][observed]) < 1).mean() > 0.05
+    np.testing.assert_array_equal(np.isfinite(compiled["tsdf"]), observed)
+    np.testing.assert_array_equal(compiled["weight"], tensor["weight"])
+    np.testing.assert_allclose(compiled["tsdf"][observed], tensor["tsdf"][observed], rtol=0, atol=1e-6)
+    diff = np.abs(compiled["rgb"].astype(int) - tensor["rgb"].astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3 and compiled["rgb"].any()
+
+
+def test_compiled_kernel_gives_the_same_volume_on_any_thread_count(samples):
+    sample = samples["orbit"]
+    grid = make_grid(*scene_bounds(_gt_points(sample)), max_voxels=40)
+    args = (grid, sample["depth"], None, _colors(sample), sample["cam_from_world"], sample["intrinsics"],
+            2 * grid.voxel_size)
+    one = fuse_volume(*args, kernel="compiled")
+    torch.set_num_threads(3)  # the module fixture restores 1
+    try:
+        three = fuse_volume(*args, kernel="compiled")
+    finally:
+        torch.set_num_threads(1)
+    for key in ("tsdf", "weight", "rgb"):
+        np.testing.assert_array_equal(three[key], one[key])
+
+
+def test_kernel_choice_is_checked():
+    depth = np.full((1, H, W), 2.0, np.float32)
+    region = (slice(0, 4), slice(0, 4), slice(0, 4))
+    with pytest.raises(ConfigError, match="kernel must be one of"):
+        fuse_chunk(PLANE_GRID, region, depth, None, None, IDENTITY, K, TRUNC, kernel="numba")
+    assert KERNELS == ("auto", "compiled", "tensor")
+    if torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CPU only"):
+            fuse_chunk(PLANE_GRID, region, torch.from_numpy(depth).cuda(), None, None, IDENTITY, K, TRUNC,
+                       kernel="compiled")
 
 
 # --- 3. one camera, a fronto-parallel plane at 2 m ---
@@ -146,10 +201,10 @@ def _plane_expectation(grid, depth, trunc):
     return observed, np.clip((depth - z) / trunc, -1, 1), np.floor(u).astype(int), np.floor(v).astype(int)
 
 
-def _plane_case(device="cpu"):
+def _plane_case(device="cpu", kernel="auto"):
     image = np.random.default_rng(1).integers(0, 256, (1, H, W, 3), dtype=np.uint8)
     depth = torch.full((1, H, W), 2.0, device=device)
-    out = fuse_volume(PLANE_GRID, depth, None, image, IDENTITY, K, TRUNC, chunk=(8, 16, 16))
+    out = fuse_volume(PLANE_GRID, depth, None, image, IDENTITY, K, TRUNC, chunk=(8, 16, 16), kernel=kernel)
     return out, image
 
 
@@ -175,16 +230,18 @@ def _check_plane(out, image):
     assert np.isin(np.round(points[:, 0], 6), np.round(c["x"], 6)).all()
 
 
-def test_plane_has_the_analytic_tsdf_and_colour():
-    _check_plane(*_plane_case())
+@CPU_KERNELS
+def test_plane_has_the_analytic_tsdf_and_colour(kernel):
+    _check_plane(*_plane_case(kernel=kernel))
 
 
-def test_views_are_averaged_with_their_confidence():
+@CPU_KERNELS
+def test_views_are_averaged_with_their_confidence(kernel):
     depth = np.stack([np.full((H, W), 2.0), np.full((H, W), 2.1)]).astype(np.float32)
     conf = np.stack([np.full((H, W), 1.0), np.full((H, W), 3.0)]).astype(np.float32)
     conf[0, :, :2] = 0.5  # below min_conf: left quarter of view 0 says nothing
     cams, Ks = np.concatenate([IDENTITY, IDENTITY]), np.concatenate([K, K])
-    out = fuse_volume(PLANE_GRID, depth, conf, None, cams, Ks, TRUNC, min_conf=0.75, view_batch=1)
+    out = fuse_volume(PLANE_GRID, depth, conf, None, cams, Ks, TRUNC, min_conf=0.75, view_batch=1, kernel=kernel)
     assert set(out) == {"tsdf", "weight"}
     seen0, t0, iu, _ = _plane_expectation(PLANE_GRID, 2.0, TRUNC)
     seen1, t1, _, _ = _plane_expectation(PLANE_GRID, 2.1, TRUNC)
@@ -196,7 +253,8 @@ def test_views_are_averaged_with_their_confidence():
     np.testing.assert_allclose(out["tsdf"], expected, atol=1e-6, equal_nan=True)
 
 
-def test_sampling_matches_grid_sample_nearest(samples):
+@CPU_KERNELS
+def test_sampling_matches_grid_sample_nearest(samples, kernel):
     """The fusion reads each view at the nearest pixel with a gather; a direct float64 implementation
     with ``torch.nn.functional.grid_sample(mode="nearest")`` gives the same volume."""
     import torch.nn.functional as F
@@ -206,7 +264,8 @@ def test_sampling_matches_grid_sample_nearest(samples):
     grid = make_grid(*scene_bounds(_gt_points(sample)), max_voxels=24)
     conf = np.random.default_rng(3).uniform(1.0, 3.0, (S, Hs, Ws)).astype(np.float32)
     trunc = 2 * grid.voxel_size
-    out = fuse_volume(grid, sample["depth"], conf, None, sample["cam_from_world"], sample["intrinsics"], trunc)
+    out = fuse_volume(grid, sample["depth"], conf, None, sample["cam_from_world"], sample["intrinsics"], trunc,
+                      kernel=kernel)
 
     c = grid.coords()
     z, y, x = np.meshgrid(c["z"], c["y"], c["x"], indexing="ij")
