@@ -156,27 +156,19 @@ def _consistency(depth: torch.Tensor, cams: torch.Tensor, K: torch.Tensor, scale
     t_j, t_i = cams[j, :3, 3], cams[i, :3, 3]
     dir_j = torch.einsum("pab,phwb->phwa", R_rel, ray)  # rotated rays, scaled by depth later
     off = t_j - torch.einsum("pab,pb->pa", R_rel, t_i)  # camera i's centre in camera j, [P, 3]
-    # float64 up to here (georeferenced translations are large); the per-pixel work below is relative
-    # (5 % depth tolerance on small offsets) and runs in float32, every scale at once ([N, P, H, W])
-    dir_j, off, K, depth = dir_j.float(), off.float(), K.float(), depth.float()
-    d_i = depth[i]  # [P, H, W]
-    valid_i = d_i > 0
-    s = scales.float()[:, None, None, None]
-    X = dir_j * (s * d_i)[..., None] + off[:, None, None, :]
-    z = X[..., 2]
-    front = z > 1e-9
-    zc = z.clamp_min(1e-9)
-    uj = K[j, 0, 0, None, None] * X[..., 0] / zc + K[j, 0, 2, None, None]
-    vj = K[j, 1, 1, None, None] * X[..., 1] / zc + K[j, 1, 2, None, None]
-    inside = front & (uj >= 0) & (uj < W) & (vj >= 0) & (vj < H) & valid_i
-    flat = vj.clamp(0, H - 1).long() * W + uj.clamp(0, W - 1).long()  # pixel of view j, row-major
-    dj = s * torch.gather(depth[j].flatten(1).expand(len(scales), -1, -1), 2, flat.flatten(2)).view(flat.shape)
-    seen = inside & (dj > 0)
-    agree = seen & ((z - dj).abs() <= rel_tol * dj)
-    # a point well in front of the surface view j sees would have hidden it: a free-space violation
-    violate = seen & (z < (1 - 2 * rel_tol) * dj)
-    net = agree.flatten(2).sum(2, dtype=depth.dtype) - violate.flatten(2).sum(2, dtype=depth.dtype)  # [N, P]
-    return (net / valid_i.flatten(1).sum(1, dtype=depth.dtype).clamp_min(1)).mean(1)  # [num_scales]
+    # float64 up to here (georeferenced translations are large); the per-pixel work is relative (5 %
+    # depth tolerance on small offsets) and runs in float32 in a compiled loop over every scale, pair
+    # and pixel (model.reprojection_cpu)
+    from model.reprojection_cpu import agreement_counts  # Numba loads on first use
+
+    K_j = torch.stack([K[j, 0, 0], K[j, 1, 1], K[j, 0, 2], K[j, 1, 2]], dim=1)
+    flat = depth.reshape(S, H * W).float()
+    counts = torch.from_numpy(agreement_counts(dir_j.reshape(len(i), H * W, 3).float().numpy(), off.float().numpy(),
+                                               K_j.float().numpy(), flat[i].numpy(), flat[j].numpy(),
+                                               scales.float().numpy(), (H, W), rel_tol))  # [N, P, 2]
+    net = (counts[..., 0] - counts[..., 1]).to(depth.dtype)
+    valid = (flat[i] > 0).sum(1).to(depth.dtype).clamp_min(1)  # [P]
+    return (net / valid).mean(1)  # [num_scales]
 
 
 def _pairs(S: int, reach: int = 2) -> torch.Tensor:

@@ -77,6 +77,41 @@ def test_depth_scale_is_found():
     assert abs(scale - 1 / 0.37) / (1 / 0.37) < 0.15
 
 
+def test_agreement_counts_match_a_direct_reprojection():
+    """The compiled per-pixel loop against a float64 numpy reprojection of the same pairs: the same
+    agreeing and violating pixels (up to a few on the tolerance edges) at every scale."""
+    from model.reprojection_cpu import agreement_counts
+
+    orbit = generate_sample(12, "orbit", 4, 18, 27)
+    depth, cams, K = orbit["depth"], orbit["cam_from_world"], orbit["intrinsics"]
+    S, H, W = depth.shape
+    pairs = [(0, 1), (1, 0), (1, 3), (2, 1)]
+    scales = np.array([0.5, 0.9, 1.0, 1.1, 2.0])
+    v, u = np.meshgrid(np.arange(H) + 0.5, np.arange(W) + 0.5, indexing="ij")
+    rays, offsets, K_j, expected = [], [], [], np.zeros((len(scales), len(pairs), 2), np.int64)
+    for p, (i, j) in enumerate(pairs):
+        ray = np.stack([(u - K[i, 0, 2]) / K[i, 0, 0], (v - K[i, 1, 2]) / K[i, 1, 1], np.ones_like(u)], -1)
+        R_rel = cams[j, :, :3] @ cams[i, :, :3].T
+        off = cams[j, :, 3] - R_rel @ cams[i, :, 3]
+        rays.append((ray @ R_rel.T).reshape(-1, 3))
+        offsets.append(off)
+        K_j.append([K[j, 0, 0], K[j, 1, 1], K[j, 0, 2], K[j, 1, 2]])
+        for n, s in enumerate(scales):
+            X = rays[-1] * (s * depth[i].reshape(-1, 1)) + off
+            z = X[:, 2]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                uj, vj = K[j, 0, 0] * X[:, 0] / z + K[j, 0, 2], K[j, 1, 1] * X[:, 1] / z + K[j, 1, 2]
+            ok = (depth[i].reshape(-1) > 0) & (z > 1e-9) & (uj >= 0) & (uj < W) & (vj >= 0) & (vj < H)
+            dj = np.zeros_like(z)
+            dj[ok] = s * depth[j][vj[ok].astype(int), uj[ok].astype(int)]
+            ok &= dj > 0
+            expected[n, p] = [(ok & (np.abs(z - dj) <= 0.05 * dj)).sum(), (ok & (z < 0.9 * dj)).sum()]
+    counts = agreement_counts(np.stack(rays), np.stack(offsets), np.array(K_j), depth[[i for i, _ in pairs]].reshape(
+        len(pairs), -1), depth[[j for _, j in pairs]].reshape(len(pairs), -1), scales, (H, W), 0.05)
+    assert counts.shape == expected.shape and expected[..., 0].max() > 50 and expected[..., 1].max() > 5
+    assert np.abs(counts - expected).max() <= 2
+
+
 @pytest.mark.parametrize("mixup, name", [("camera_to_world", "camera-to-world"), ("opengl_axes", "OpenGL camera axes")])
 def test_convention_mixups_are_caught(street, mixup, name):
     cams, K, depth = street["cam_from_world"], street["intrinsics"], street["depth"]
