@@ -107,6 +107,7 @@ class ReconstructionStore:
         self.storage_options = dict(storage_options or {})
         self.run_id = run_id or uuid.uuid4().hex
         self._root: zarr.Group | None = None
+        self._arrays: dict[tuple[str, str], Any] = {}  # (group, array) -> AsyncArray made by write_group
 
     # -- writing ---------------------------------------------------------------------------------
     def begin(self, attrs: Mapping[str, Any]) -> None:
@@ -116,6 +117,7 @@ class ReconstructionStore:
             if fs.exists(path):
                 fs.rm(path, recursive=True)
             self._root = zarr.open_group(store=_store(self.url, self.storage_options), mode="w", zarr_format=3)
+            self._arrays.clear()
             # update_attributes writes the metadata document once (attrs.update writes it once per key)
             self._root.update_attributes(_jsonable({**attrs, "zipmap_format_version": FORMAT_VERSION,
                                                RUN_KEY: self.run_id, STATUS_KEY: "writing"}))
@@ -143,6 +145,7 @@ class ReconstructionStore:
             kwargs = {} if fill is None else {"fill_value": fill}
             if dtype is not str:
                 kwargs["compressors"] = compressor_for(var.dtype)
+            self._arrays.pop((name, var_name), None)
             # overwrite=True skips the probes for an existing v2/v3 node (begin() started from an empty
             # store); empty chunks are written too: checking every chunk for emptiness costs more than
             # storing the few all-fill chunks, which compress to almost nothing
@@ -151,6 +154,7 @@ class ReconstructionStore:
                 attributes=_jsonable(var.attrs), overwrite=True, config={"write_empty_chunks": True}, **kwargs)
             if var.data is not None:
                 await arr.setitem(Ellipsis, var.data.astype(str) if dtype is str else var.data)
+            self._arrays[(name, var_name)] = arr
 
         async def create_all() -> None:
             await asyncio.gather(*(create(n, v) for n, v in variables.items()))
@@ -163,8 +167,10 @@ class ReconstructionStore:
     def write_regions(self, group: str, items: Mapping[str, tuple[Sequence[slice], np.ndarray]]) -> None:
         """Write ``{name: (region, data)}`` into arrays of group ``group``, all at once (regions should be
         chunk-aligned)."""
-        target = self.root[group]
-        arrays = [(target[name]._async_array, tuple(region), data) for name, (region, data) in items.items()]
+        if any((group, name) not in self._arrays for name in items):  # arrays this writer did not create
+            target = self.root[group]
+            self._arrays.update({(group, name): target[name]._async_array for name in items})
+        arrays = [(self._arrays[(group, name)], tuple(region), data) for name, (region, data) in items.items()]
 
         async def write_all() -> None:
             await asyncio.gather(*(arr.setitem(region, data) for arr, region, data in arrays))
