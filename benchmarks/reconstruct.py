@@ -10,7 +10,9 @@ same code as ``zipmap reconstruct``), once to warm up (model load, first-call ov
 ``--repeats`` times. Reported: the median wall time and its split into the network (``zip_pass``'s
 forward) and everything else, per stage; and the geometry of the result: the distance from each
 zero crossing of the stored TSDF to the nearest ground-truth surface point (median and 90th
-percentile, in voxels), the same measure the tests apply to ground-truth depth.
+percentile, in voxels), the same measure the tests apply to ground-truth depth. Each run's
+non-network share and the median non-network time over the runs are reported too (on a shared VM
+one slow run moves the median run's stages more than these).
 """
 
 from __future__ import annotations
@@ -91,7 +93,10 @@ def main(argv=None) -> int:
                "non_network_share": round((wall - net) / wall, 3), "stages": summary["timings"],
                "surface_median_voxels": round(med, 3), "surface_p90_voxels": round(p90, 3),
                "voxel_size_m": round(voxel, 4), "threads": torch.get_num_threads(),
-               "walls": [round(r[0], 3) for r in runs], "flagged_views": summary["pose_checks"]["num_flagged"]}
+               "walls": [round(r[0], 3) for r in runs], "flagged_views": summary["pose_checks"]["num_flagged"],
+               # per run, in wall order: a shared VM's noise shows as spread here
+               "non_network_shares": [round((w - s["network_seconds"]) / w, 3) for w, s in runs],
+               "median_non_network_s": round(statistics.median(w - s["network_seconds"] for w, s in runs), 3)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     print(f"median wall over kinds: {statistics.median(r['wall_s'] for r in rows):.3f} s")
