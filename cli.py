@@ -25,8 +25,9 @@ def _evaluate(args) -> int:
 
     weights = args.weights or bundled_checkpoint()
     model = load_zipmap(weights, args.preset, device=args.device)
-    report = evaluate(model, args.collections)
+    report = evaluate(model, args.collections, refine=args.refine_poses == "on")
     report["weights"] = weights
+    report["pose_refinement"] = args.refine_poses
     write_report(report, args.json)
     print(format_table(report))
     print(f"report: {args.json}")
@@ -99,7 +100,8 @@ def _reconstruct(args) -> int:
     try:
         summary = run_reconstruction(args.src, args.out, args.id, args.weights, args.voxel_size, args.max_voxels,
                                      device=args.device, max_offline_frames=args.max_offline_frames,
-                                     storage_options=storage_options, log=log, progress=progress)
+                                     storage_options=storage_options, log=log, progress=progress,
+                                     refine=args.refine_poses)
     except ZipMapError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -238,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--preset", default=None, help="preset for .pt checkpoints (default: JSON beside the file)")
     ev.add_argument("--json", required=True, help="where to write the JSON report")
     ev.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ev.add_argument("--refine-poses", choices=["on", "off"], default="on",
+                    help="refine the predicted poses by direct image alignment (default on; off scores the "
+                         "network alone)")
     demo = sub.add_parser("demo", help="generate city-block collections, reconstruct and score them")
     demo.add_argument("--out", default="demo")
     demo.add_argument("--paths", nargs="+", default=["street", "orbit", "aerial", "handheld"])
@@ -260,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--max-offline-frames", type=int, default=None,
                      help="above this many frames, zip in streaming windows of this size")
     rec.add_argument("--json", default=None, help="also write the summary as JSON here")
+    rec.add_argument("--refine-poses", choices=["auto", "on", "off"], default="auto",
+                     help="refine the predicted poses of neighbouring frames by direct image alignment with the "
+                          "predicted depth (auto: only when the collection has no poses)")
     rec.add_argument("--storage-options", default=None, metavar="FILE.json",
                      help="fsspec/s3fs options as JSON (endpoint_url, key, secret, ...); default: the AWS_* "
                           "environment variables")

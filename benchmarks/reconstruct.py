@@ -2,7 +2,7 @@
 
     python benchmarks/reconstruct.py [--frames 16] [--size 150 224] [--kinds street orbit]
                                      [--voxels 128] [--repeats 3] [--threads N] [--device cpu|cuda]
-                                     [--out /tmp/zipmap-bench]
+                                     [--out /tmp/zipmap-bench] [--refine-poses auto|on|off]
 
 For each camera-path kind a held-out collection is generated (with cameras.json and ground-truth
 depth), reconstructed with the bundled model through ``flows.reconstruct.run_reconstruction`` (the
@@ -68,6 +68,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when present")
     p.add_argument("--out", default="/tmp/zipmap-bench")
+    p.add_argument("--refine-poses", choices=["auto", "on", "off"], default="auto",
+                   help="pose refinement (auto: only without given poses; the generated collections have poses)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -77,12 +79,14 @@ def main(argv=None) -> int:
         if not (Path(src) / "cameras.json").exists():
             write_collection(src, 1_000_000 + k, kind, args.frames, *args.size)
         t0 = time.perf_counter()
-        run_reconstruction(src, str(Path(args.out) / "out"), max_voxels=args.voxels, device=args.device)
+        run_reconstruction(src, str(Path(args.out) / "out"), max_voxels=args.voxels, device=args.device,
+                           refine=args.refine_poses)
         cold = time.perf_counter() - t0
         runs = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            summary = run_reconstruction(src, str(Path(args.out) / "out"), max_voxels=args.voxels, device=args.device)
+            summary = run_reconstruction(src, str(Path(args.out) / "out"), max_voxels=args.voxels, device=args.device,
+                                         refine=args.refine_poses)
             runs.append((time.perf_counter() - t0, summary))
         runs.sort(key=lambda r: r[0])
         wall, summary = runs[len(runs) // 2]

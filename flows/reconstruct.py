@@ -21,11 +21,12 @@ from tasks.reconstruct import call_plain, call_task, run_reconstruction
 @flow(name="reconstruct-collection")
 def reconstruct_collection(src: str, out: str, collection_id: str | None = None, weights: str | None = None,
                            voxel_size: float | None = None, max_voxels: int = 128, device: str | None = None,
-                           max_offline_frames: int | None = None) -> dict:
+                           max_offline_frames: int | None = None, refine_poses: str = "auto") -> dict:
     """Reconstruct one collection (local path or URL) into ``OUT/<collection_id>.zarr``."""
     logger = get_run_logger()
     summary = run_reconstruction(src, out, collection_id, weights, voxel_size, max_voxels, device=device,
-                                 max_offline_frames=max_offline_frames, call=call_task, log=logger.info)
+                                 max_offline_frames=max_offline_frames, call=call_task, log=logger.info,
+                                 refine=refine_poses)
     logger.info("complete: %s", summary["output"])
     return summary
 

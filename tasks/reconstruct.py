@@ -31,7 +31,16 @@ from storage.urls import collection_id_from_url, join, public_options, redact, s
 from storage.zarr_store import ReconstructionStore, Variable
 
 from .pose_checks import PoseCheckReport, check_convention, check_given_poses, compare_poses
-from .zip_pass import Views, ZipResult, get_model, prepare_views, weights_sha256, zip_collection
+from .zip_pass import (
+    Views,
+    ZipResult,
+    get_model,
+    prepare_views,
+    refine_result,
+    should_refine,
+    weights_sha256,
+    zip_collection,
+)
 
 POSE_FILES = {"zipmap": "cameras.json", "nerfstudio": "transforms.json", "colmap": "COLMAP model (images/cameras)"}
 VOLUME_CHUNK = 64
@@ -94,6 +103,12 @@ def zip_pass(coll: Collection, weights: str | None = None, device: str | None = 
     model = get_model(weights, preset, device)
     views = prepare_views(coll.images, coll.intrinsics, model.cfg.img_size, model.cfg.patch_size)
     return views, zip_collection(model, views, max_offline_frames)
+
+
+@task(name="refine-poses", cache_policy=NO_CACHE)
+def refine_poses(views: Views, zr: ZipResult) -> ZipResult:
+    """The predicted relative poses of neighbouring frames refined by direct image alignment."""
+    return refine_result(views, zr)
 
 
 def _with_origin(cam_from_world: np.ndarray, origin: np.ndarray) -> np.ndarray:
@@ -355,7 +370,7 @@ def call_task(stage, *args, **kwargs):
 def run_reconstruction(src: str, out: str, collection_id: str | None = None, weights: str | None = None,
                        voxel_size: float | None = None, max_voxels: int = 128, truncation_voxels: float = 3.0,
                        device: str | None = None, preset: str | None = None, max_offline_frames: int | None = None,
-                       storage_options: dict | None = None, call: Callable = call_plain,
+                       storage_options: dict | None = None, call: Callable = call_plain, refine: str = "auto",
                        log: Callable[[str], None] = lambda msg: None, progress=None, run_id: str | None = None,
                        validate_inputs: Callable | None = None, validate_outputs: Callable | None = None) -> dict:
     """Every stage for one collection; returns the summary also stored in the root attributes.
@@ -363,7 +378,8 @@ def run_reconstruction(src: str, out: str, collection_id: str | None = None, wei
     Input problems raise before anything is written (an earlier output stays as it was); a failure
     after the store was begun marks it ``failed`` — never ``complete``. ``validate_inputs(collection,
     collection_id)`` runs after reading and ``validate_outputs(summary)`` before the store is marked
-    complete; either raises to stop the run.
+    complete; either raises to stop the run. ``refine``: pose refinement after the zip pass, ``"auto"``
+    (only when the collection has no poses), ``"on"`` or ``"off"`` (``tasks.zip_pass.should_refine``).
     """
     cid = safe_id(collection_id) if collection_id else collection_id_from_url(src)
     timings: dict[str, float] = {}
@@ -380,11 +396,14 @@ def run_reconstruction(src: str, out: str, collection_id: str | None = None, wei
     if validate_inputs is not None:
         validate_inputs(coll, cid)
     report = stage("check_poses", check_poses, coll)
+    refining = should_refine(refine, report.poses_given)  # a bad mode fails before the network runs
     views, zr = stage("zip_pass", zip_pass, coll, weights, device, preset, max_offline_frames)
+    if refining:
+        zr = stage("refine_poses", refine_poses, views, zr)
     scene = stage("place_in_world", place_in_world, coll, views, zr, report)
     plan = stage("plan_volume", plan_volume, scene, voxel_size, max_voxels, truncation_voxels)
     params = {"voxel_size": voxel_size, "max_voxels": max_voxels, "truncation_voxels": truncation_voxels,
-              "device": zr.device, "max_offline_frames": max_offline_frames, "preset": preset}
+              "device": zr.device, "max_offline_frames": max_offline_frames, "preset": preset, "refine_poses": refine}
     model = get_model(weights, preset, device)
     store = begin_store(out, cid, storage_options, provenance(src, cid, weights, params, storage_options, model.cfg),
                         run_id=run_id)
@@ -397,6 +416,7 @@ def run_reconstruction(src: str, out: str, collection_id: str | None = None, wei
             "metric_scale": scene.metric, "units": scene.units, "crs": scene.crs, "origin": scene.origin.tolist(),
             "zip_mode": zr.mode, "device": zr.device, "network_seconds": round(zr.seconds, 4),
             "views": views_summary, "volume": volume, "pose_checks": report.to_dict(), "timings": timings,
+            "pose_refinement": zr.info.get("pose_refinement"),
         }
         summary["timings"]["total"] = round(time.perf_counter() - started, 4)
         if validate_outputs is not None:
@@ -409,6 +429,6 @@ def run_reconstruction(src: str, out: str, collection_id: str | None = None, wei
     return summary
 
 
-__all__ = ["run_reconstruction", "call_plain", "call_task", "read_inputs", "check_poses", "zip_pass",
+__all__ = ["run_reconstruction", "call_plain", "call_task", "read_inputs", "check_poses", "zip_pass", "refine_poses",
            "place_in_world", "plan_volume", "write_views", "decode_volume", "finalize", "VolumePlan", "begin_store",
            "provenance", "Scene", "code_version"]

@@ -7,6 +7,8 @@
 - :func:`zip_collection` runs the pass; a collection too large for the device's memory runs in
   windowed streaming mode instead of failing (``max_offline_frames``, or a CUDA out-of-memory error,
   halves the window until it fits).
+- :func:`refine_result` refines the predicted relative poses of neighbouring frames by direct image
+  alignment with the predicted depth (``model.refine``).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from errors import InputError
+from errors import ConfigError, InputError
 from model.geometry import cameras_from_pose_encoding
+from model.refine import refine_poses
 from model.weights import bundled_checkpoint, load_zipmap, local_copy, sha256_of
 from model.zipmap import ZipMap
 
@@ -192,3 +195,24 @@ def weights_sha256(weights: str | None) -> str:
 
 __all__ = ["get_model", "default_device", "prepare_views", "zip_collection", "Views", "ZipResult", "input_size",
            "weights_sha256", "offline_frame_limit", "bytes_per_frame", "available_memory"]
+
+
+REFINE_MODES = ("auto", "on", "off")
+
+
+def should_refine(mode: str, poses_given: bool) -> bool:
+    """``"on"``/``"off"``; ``"auto"`` refines only when the collection has no poses (given poses fix the
+    cameras of every output; the predicted ones then only feed the pose report)."""
+    if mode not in REFINE_MODES:
+        raise ConfigError(f"pose refinement must be one of {REFINE_MODES}, got {mode!r}")
+    return mode == "on" or (mode == "auto" and not poses_given)
+
+
+def refine_result(views: Views, zr: ZipResult) -> ZipResult:
+    """``zr`` with its cameras refined (``model.refine.refine_poses`` on the network's input images,
+    predicted depth and intrinsics); the refinement's report goes to ``info["pose_refinement"]``."""
+    images = torch.as_tensor(views.images).float()
+    ref = refine_poses(images, zr.depth, zr.intrinsics, zr.cam_from_world)
+    info = {**zr.info, "pose_refinement": ref.to_dict()}
+    return ZipResult(images=zr.images, cam_from_world=ref.cam_from_world, intrinsics=zr.intrinsics, depth=zr.depth,
+                     depth_conf=zr.depth_conf, mode=zr.mode, device=zr.device, seconds=zr.seconds, info=info)

@@ -3,7 +3,8 @@
     zipmap evaluate COLLECTION [COLLECTION ...] [--weights W] --json OUT.json
 
 For each collection: the images are resized to the network's input size (width ``cfg.img_size``,
-both sides multiples of the patch size), the network predicts cameras and depth, and the metrics
+both sides multiples of the patch size), the network predicts cameras and depth (the cameras then
+refined by direct image alignment, ``model.refine``, unless ``refine=False``), and the metrics
 of :mod:`model.evaluation.metrics` compare them with the ground truth (predicted depth resized back
 to the stored resolution; predicted world points from predicted depth and cameras). Beside it, a
 trivial baseline (constant depth, identity poses) gives every number a floor. The JSON report is
@@ -28,6 +29,7 @@ from errors import InputError
 from storage.collection import Collection, read_collection
 
 from ..geometry import cameras_from_pose_encoding, world_points_from_depth
+from ..refine import refine_poses
 from ..zipmap import ZipMap
 from .metrics import HIGHER_IS_BETTER, METRIC_KEYS, depth_metrics, pose_metrics, trajectory_and_points
 
@@ -40,8 +42,9 @@ def input_size(height: int, width: int, target_width: int, patch: int) -> tuple[
 
 
 @torch.no_grad()
-def predict_collection(model: ZipMap, coll: Collection) -> dict[str, np.ndarray]:
-    """Cameras (``cam_from_world``), depth at the stored resolution and world points."""
+def predict_collection(model: ZipMap, coll: Collection, refine: bool = True) -> dict[str, np.ndarray]:
+    """Cameras (``cam_from_world``; with ``refine``, refined by direct image alignment, ``model.refine``),
+    depth at the stored resolution and world points."""
     cfg = model.cfg
     images = coll.stacked_images()  # [S, H, W, 3]; the network takes one size per call
     H, W = images.shape[1:3]
@@ -52,6 +55,8 @@ def predict_collection(model: ZipMap, coll: Collection) -> dict[str, np.ndarray]
     out = model(x[None].to(device))
     ext, K = cameras_from_pose_encoding(out["pose_enc"].float(), (h, w))
     depth = out["depth"][0, ..., 0].float()
+    if refine:
+        ext = torch.from_numpy(refine_poses(x, depth, K[0], ext[0]).cam_from_world).float().to(depth.device)[None]
     points = world_points_from_depth(depth, ext[0], K[0]).reshape(-1, 3)
     full = F.interpolate(depth[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
     return {"cam_from_world": ext[0].cpu().numpy().astype(np.float64), "depth": full.cpu().numpy(),
@@ -99,14 +104,15 @@ def mean_over(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
     return out
 
 
-def evaluate(model: ZipMap, urls: Sequence[str], storage_options: Mapping[str, Any] | None = None) -> dict:
+def evaluate(model: ZipMap, urls: Sequence[str], storage_options: Mapping[str, Any] | None = None,
+             refine: bool = True) -> dict:
     collections, baseline = {}, {}
     for index, url in enumerate(urls):
         coll = read_collection(url, storage_options)
         if coll.cam_from_world is None or coll.depth is None:
             raise InputError(f"{url}: evaluation needs cameras (cameras.json, transforms.json or a COLMAP "
                              f"model) and depth/")
-        pred = predict_collection(model, coll)
+        pred = predict_collection(model, coll, refine)
         pred_median = float(np.median(pred["depth_at_input"]))
         cid = collection_id(url)
         if cid in collections:  # two collections with the same folder name

@@ -12,7 +12,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from errors import InputError, PoseCheckError, StorageError
+from errors import ConfigError, InputError, PoseCheckError, StorageError
 from flows.reconstruct import run_reconstruction
 from model.synthetic import write_collection
 from storage.zarr_store import open_reconstruction, read_attrs, read_status
@@ -113,9 +113,23 @@ def test_images_only_mixed_sizes_no_poses(tmp_path):
         im.save(plain / "images" / f"{i:03d}.jpg")
     summary = run_reconstruction(str(plain), str(tmp_path / "out"), max_voxels=24)
     assert summary["status"] == "complete" and not summary["metric_scale"] and summary["units"] == "1"
+    # no poses given: the predicted ones are refined (refine="auto"), pair by pair
+    assert "refine_poses" in summary["timings"] and summary["pose_refinement"]["pairs"] == 3
     tree = open_reconstruction(str(tmp_path / "out" / "plain.zarr"))
     assert np.isnan(tree["views"].rotation_error.values).all()
     np.testing.assert_allclose(tree["views"].world_to_camera.values[0], np.eye(4), atol=1e-5)
+
+
+def test_pose_refinement_modes(done, street, tmp_path):
+    _, summary = done  # given poses, refine="auto": the given cameras are the output, nothing to refine
+    assert summary["pose_refinement"] is None and "refine_poses" not in summary["timings"]
+    forced = run_reconstruction(street, str(tmp_path / "on"), max_voxels=16, refine="on")
+    assert forced["pose_refinement"]["pairs"] == FRAMES - 1 and forced["status"] == "complete"
+    # the refined predictions are what the pose report compares with the given cameras
+    assert forced["pose_checks"] != summary["pose_checks"]
+    with pytest.raises(ConfigError, match="pose refinement must be one of"):
+        run_reconstruction(street, str(tmp_path / "bad"), refine="sometimes")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_streaming_when_too_large(street, tmp_path):
@@ -217,7 +231,7 @@ def test_prefect_flow_runs_stage_by_stage(prefect_server, street, tmp_path):
 
     from flows.reconstruct import reconstruct_collection
 
-    state = reconstruct_collection(street, str(tmp_path), max_voxels=16, return_state=True)
+    state = reconstruct_collection(street, str(tmp_path), max_voxels=16, refine_poses="on", return_state=True)
     summary = state.result()
     assert state.is_completed() and summary["status"] == "complete"
     assert read_status(str(tmp_path / "street-1.zarr")) == "complete"
@@ -231,14 +245,15 @@ def test_prefect_flow_runs_stage_by_stage(prefect_server, street, tmp_path):
     import asyncio
 
     names = asyncio.run(task_names())
-    assert {"read-collection", "check-poses", "zip-pass", "place-in-world", "write-views", "decode-volume",
-            "finalize"} <= names
+    assert {"read-collection", "check-poses", "zip-pass", "refine-poses", "place-in-world", "write-views",
+            "decode-volume", "finalize"} <= names
 
 
 def test_cli_reconstruct(street, tmp_path, capsys):
     from cli import main
 
-    assert main(["reconstruct", street, str(tmp_path), "--max-voxels", "16", "--json", str(tmp_path / "s.json")]) == 0
+    assert main(["reconstruct", street, str(tmp_path), "--max-voxels", "16", "--json", str(tmp_path / "s.json"),
+                 "--refine-poses", "off"]) == 0
     printed = capsys.readouterr()
     assert "status      complete" in printed.out and "zip_pass" in printed.err
     assert json.loads((tmp_path / "s.json").read_text())["collection_id"] == "street-1"
