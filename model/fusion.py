@@ -468,8 +468,8 @@ def fuse_chunk(grid: VolumeGrid, region: Region, depth, conf, colors, cam_from_w
 
 
 def fuse_volume(grid: VolumeGrid, depth, conf, colors, cam_from_world, intrinsics, truncation: float,
-                min_conf: float = 0.0, view_batch: int = 8, chunk: int | tuple[int, int, int] = 64, kernel: str = "auto",
-                on_chunk: Callable[[Region, dict[str, np.ndarray]], None] | None = None,
+                min_conf: float = 0.0, view_batch: int = 8, chunk: int | tuple[int, int, int] = 64,
+                on_chunk: Callable[[Region, dict[str, np.ndarray]], None] | None = None, kernel: str = "auto",
                 ) -> dict[str, np.ndarray] | None:
     """``fuse_chunk`` over ``grid.chunks(chunk)``, with the same inputs (``kernel`` too) and outputs as
     numpy arrays.

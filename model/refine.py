@@ -7,8 +7,9 @@ alignment: the pixels of frame i, lifted to 3-D with its predicted depth, are mo
 projected into frame i+1, and the pose minimises the robust (Huber) difference of the grey values
 there, by Gauss-Newton on SE(3) from coarse to fine image levels (the direct formulation of
 LSD-SLAM / DSO, Engel et al. ECCV 2014 / TPAMI 2018; here two frames at a time, no map). The
-absolute poses are the chain of relative ones from the network's first camera, so the world frame
-and the scene scale stay the network's.
+normal equations of each step come from a compiled loop (``model.refine_cpu``). The absolute poses
+are the chain of relative ones from the network's first camera, so the world frame and the scene
+scale stay the network's.
 
 A refined pair is kept only when it explains frame i+1 better than the network's relative pose
 (lower truncated photometric error over frame i's pixels, pixels leaving the image counting as
@@ -124,7 +125,7 @@ def _costs(X, ok, ref, target, T_a, T_b, K, clip, min_overlap: float = 0.2) -> t
     h, w = target.shape[-2:]
     residuals, masks = [], []
     for T in (T_a, T_b):
-        _, z, _, u, v = _project(X, T, K)
+        _, z, _, u, v = _project(X, T.to(X.dtype), K)
         masks.append(ok & (z > 1e-6) & (u >= 0) & (u <= w) & (v >= 0) & (v <= h))
         residuals.append((_sample(target, u, v)[:, 0] - ref).abs().clamp_max(clip))
     both = masks[0] & masks[1]
@@ -133,60 +134,65 @@ def _costs(X, ok, ref, target, T_a, T_b, K, clip, min_overlap: float = 0.2) -> t
     return tuple(torch.where(enough, (r * both).sum(1) / n.clamp_min(1), torch.inf) for r in residuals)
 
 
-def _gauss_newton(X, ok, ref, maps, T, K, iters: int, huber: float) -> torch.Tensor:
-    h, w = maps.shape[-2:]
-    eye = torch.eye(6, dtype=torch.float64, device=X.device)
+def _gauss_newton(X, ok, ref, maps, T, K, iters: int, huber: float, tol: float) -> torch.Tensor:
+    """At most ``iters`` steps on every pair's pose ``T [P, 4, 4]`` (float64); stops early once no
+    pair's step moves a point of frame i by more than ``tol`` pixels (rotation x focal length,
+    translation x focal length / median depth). The normal equations come from the compiled loop of
+    ``model.refine_cpu``; the 6x6 solves and updates are float64."""
+    from model.refine_cpu import normal_equations  # Numba loads on first use
+
+    focal = float(K[:, :2, :2].diagonal(dim1=1, dim2=2).max())
+    depth = X[..., 2][ok]
+    scale = focal / float(depth.median()) if depth.numel() else focal
+    args = (X.numpy(), ok.numpy(), ref.numpy(), maps.numpy())
+    Kv = torch.stack([K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2]], 1).numpy()
+    eye = torch.eye(6, dtype=torch.float64)
     for _ in range(iters):
-        Xj, z, zs, u, v = _project(X, T, K)
-        inside = ok & (z > 1e-6) & (u > 1) & (u < w - 1) & (v > 1) & (v < h - 1)
-        s = _sample(maps, u, v)  # [P, 3, N]: grey value and its gradients at the projections
-        r = s[:, 0] - ref
-        fx, fy = K[:, 0, 0, None], K[:, 1, 1, None]
-        # d r / d X' (X' the point in camera j), then X' -> exp(xi) X' with xi = (translation, rotation)
-        gu, gv = s[:, 1] * fx / zs, s[:, 2] * fy / zs
-        gX = torch.stack([gu, gv, -(gu * Xj[..., 0] + gv * Xj[..., 1]) / zs], -1)
-        J = torch.cat([gX, torch.cross(Xj, gX, dim=-1)], -1)  # [P, N, 6]
-        a = r.abs()
-        wgt = inside * torch.where(a < huber, 1.0, huber / a.clamp_min(1e-12))
-        Jw = J * wgt[..., None]
-        H = (Jw.transpose(1, 2) @ J).double()
-        b = (Jw.transpose(1, 2) @ r[..., None])[..., 0].double()
+        H, b, _ = normal_equations(*args, T.numpy(), Kv, huber, threads=torch.get_num_threads())
+        H, b = torch.from_numpy(H), torch.from_numpy(b)
         H = H + 1e-4 * torch.diag_embed(torch.diagonal(H, dim1=1, dim2=2)) + 1e-9 * eye
         xi = -torch.linalg.solve(H, b)
-        xi = torch.where(torch.isfinite(xi).all(1, keepdim=True), xi, 0.0).to(T.dtype)
-        step = torch.eye(4, dtype=T.dtype, device=T.device).repeat(len(T), 1, 1)
+        xi = torch.where(torch.isfinite(xi).all(1, keepdim=True), xi, 0.0)
+        step = torch.eye(4, dtype=torch.float64).repeat(len(T), 1, 1)
         step[:, :3, :3] = _so3_exp(xi[:, 3:])
         step[:, :3, 3] = xi[:, :3]
         T = step @ T
+        moved = max(float(xi[:, 3:].norm(dim=1).max()) * focal, float(xi[:, :3].norm(dim=1).max()) * scale)
+        if moved < tol:
+            break
     return T
 
 
 @torch.no_grad()
 def refine_poses(images, depth, intrinsics, cam_from_world, levels: int = 4, iters: tuple[int, ...] = (12, 12, 12, 12),
-                 max_points: int | None = None, huber: float = 0.05, clip: float = 0.2) -> Refinement:
+                 max_points: int | None = None, huber: float = 0.05, clip: float = 0.2, tol: float = 0.01,
+                 ) -> Refinement:
     """Refine the relative poses of consecutive frames by direct alignment (module docstring).
 
     ``images [S, 3, h, w]`` float in [0, 1] (or uint8 ``[S, h, w, 3]``), ``depth [S, h, w]`` (0 = none),
-    ``intrinsics [S, 3, 3]`` and ``cam_from_world [S, 3, 4]`` at the same size (numpy or torch; runs on
-    ``depth``'s device). ``levels`` image levels (each half the size of the next), ``iters`` Gauss-Newton
-    steps per level from coarse to fine (the coarsest level, 1/8 of the size, widens the reach to the
-    10-17 degree steps of hand-held paths: held-out hand-held AUC@30 0.37 -> 0.67 against 3 levels;
-    the finest level needs its full share: on held-out aerial passes two or four steps there left
-    the poses worse than the network's); ``max_points``: at the
-    finest level only that many pixels of frame i, those with the strongest gradient (default: all;
-    4,096 was 2x faster but lost the same precision); grey values in [0, 1]: ``huber`` is the Huber
-    threshold, ``clip`` the truncation of the acceptance test.
+    ``intrinsics [S, 3, 3]`` and ``cam_from_world [S, 3, 4]`` at the same size (numpy or torch, any
+    device; it runs on the CPU, on ``torch.get_num_threads()`` threads).
+
+    ``levels`` image levels (each half the size of the next) and ``iters`` Gauss-Newton steps per
+    level, coarse to fine. The coarsest level (1/8 of the size) widens the reach to the 10-17 degree
+    steps of hand-held paths (held-out hand-held AUC@30 0.37 -> 0.67 against 3 levels); the finest
+    needs its full share (on held-out aerial passes, 2-4 steps there left the poses worse than the
+    network's). ``max_points``: at the finest level only that many pixels of frame i, those with the
+    strongest gradient (default: all; 8,192 of 18,816 lost 0.01 of held-out AUC@30, 4,096 0.04).
+    Grey values are in [0, 1]: ``huber`` is the Huber threshold, ``clip`` the truncation of the
+    acceptance test; a level stops early once no pair's step moves a point by more than ``tol``
+    pixels of that level.
     """
     t0 = time.perf_counter()
-    device = depth.device if isinstance(depth, torch.Tensor) else torch.device("cpu")
-    img = torch.as_tensor(images, device=device)
+    device = torch.device("cpu")  # small work in a compiled CPU loop (model.refine_cpu)
+    img = torch.as_tensor(images).cpu()
     if img.dtype == torch.uint8:
         img = img.permute(0, 3, 1, 2).float() / 255.0
     img = img.float()
-    D = torch.as_tensor(depth, device=device).float()
+    D = torch.as_tensor(depth).cpu().float()
     D = torch.where(torch.isfinite(D) & (D > 0), D, 0.0)
-    K = torch.as_tensor(intrinsics, device=device).float()
-    C = torch.as_tensor(cam_from_world, device=device).double()
+    K = torch.as_tensor(intrinsics).cpu().float()
+    C = torch.as_tensor(cam_from_world).cpu().double()
     S, _, H, W = img.shape
     if D.shape != (S, H, W) or K.shape != (S, 3, 3) or C.shape != (S, 3, 4):
         raise ValueError(f"refine_poses: images {tuple(img.shape)}, depth {tuple(D.shape)}, intrinsics "
@@ -200,8 +206,7 @@ def refine_poses(images, depth, intrinsics, cam_from_world, levels: int = 4, ite
     grey = (img * torch.tensor(_GREY, device=device)[None, :, None, None]).sum(1, keepdim=True)
     i = torch.arange(S - 1, device=device)
     j = i + 1
-    T_net64 = Tw[j] @ torch.linalg.inv(Tw[i])  # camera i -> camera j, the network's
-    T_net = T_net64.float()
+    T_net = Tw[j] @ torch.linalg.inv(Tw[i])  # camera i -> camera j, the network's
     T = T_net.clone()
     for level in reversed(range(levels)):
         h, w = max(1, H >> level), max(1, W >> level)
@@ -209,18 +214,19 @@ def refine_poses(images, depth, intrinsics, cam_from_world, levels: int = 4, ite
         X = _lift(d[i], Kl[i])
         ref = g[i].reshape(len(i), -1)
         ok = d[i].reshape(len(i), -1) > 0
-        if level == 0 and max_points is not None and max_points < h * w:  # the strongest-gradient pixels of frame i carry the alignment
+        if level == 0 and max_points is not None and max_points < h * w:  # frame i's strongest gradients
             mag = _gradients(g[i])[:, 1:].square().sum(1).reshape(len(i), -1)
             pick = torch.where(ok, mag, -1.0).topk(max_points, dim=1).indices
             X, ref, ok = X.gather(1, pick[..., None].expand(-1, -1, 3)), ref.gather(1, pick), ok.gather(1, pick)
-        T = _gauss_newton(X, ok, ref, _gradients(g[j]), T, Kl[j], iters[levels - 1 - level], huber)
+        T = _gauss_newton(X.contiguous(), ok.contiguous(), ref.contiguous(), _gradients(g[j]).contiguous(), T, Kl[j],
+                          iters[levels - 1 - level], huber, tol)
     # acceptance on all of frame i's pixels at full size
     X = _lift(D[i], K[i])
     ok = D[i].reshape(len(i), -1) > 0
     ref = grey[i].reshape(len(i), -1)
     before, after = _costs(X, ok, ref, grey[j], T_net, T, K[j], clip)
     accepted = torch.isfinite(T).all(dim=(1, 2)) & (after < before)
-    rel = torch.where(accepted[:, None, None], T.double(), T_net64)
+    rel = torch.where(accepted[:, None, None], T, T_net)
     chain = [Tw[0]]
     for k in range(S - 1):
         chain.append(rel[k] @ chain[-1])

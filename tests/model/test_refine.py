@@ -60,3 +60,49 @@ def test_uint8_images_torch_inputs_and_checks(street):
         refine_poses(images, street["depth"][:2], street["intrinsics"], street["cam_from_world"])
     with pytest.raises(ValueError, match="iteration counts"):
         refine_poses(images, street["depth"], street["intrinsics"], street["cam_from_world"], iters=(3, 3), levels=3)
+
+
+def test_normal_equations_match_autograd():
+    """The compiled loop's Gauss-Newton system against the Jacobian torch's autograd takes through
+    ``grid_sample`` for the same residuals (left perturbation: translation, then rotation)."""
+    import torch.nn.functional as F
+
+    from model.refine import _so3_exp
+    from model.refine_cpu import normal_equations
+
+    rng = np.random.default_rng(3)
+    h, w, N = 24, 32, 200
+    yy, xx = np.mgrid[0:h, 0:w]
+    image = (0.5 + 0.3 * np.sin(xx / 3.0) * np.cos(yy / 4.0)).astype(np.float32)
+    gx, gy = np.zeros_like(image), np.zeros_like(image)
+    gx[:, 1:-1] = (image[:, 2:] - image[:, :-2]) / 2
+    gy[1:-1] = (image[2:] - image[:-2]) / 2
+    maps = np.stack([image, gx, gy])[None]  # [1, 3, h, w]
+    pts = np.stack([rng.uniform(-0.5, 0.5, N), rng.uniform(-0.4, 0.4, N), rng.uniform(2.0, 3.0, N)], -1)
+    ref = rng.uniform(0.2, 0.8, N).astype(np.float32)
+    T = np.eye(4)
+    T[:3, :3] = _so3_exp(torch.tensor([0.02, -0.03, 0.01], dtype=torch.float64)).numpy()
+    T[:3, 3] = [0.05, -0.02, 0.1]
+    K = np.array([[30.0, 30.0, 16.0, 12.0]], np.float32)
+    H, b, _ = normal_equations(pts[None].astype(np.float32), np.ones((1, N), bool), ref[None], maps, T[None], K,
+                               huber=1e9)
+
+    def residuals(xi):
+        step = torch.eye(4, dtype=torch.float64)
+        step = torch.cat([torch.cat([_so3_exp(xi[3:]), xi[:3, None]], 1), step[3:]], 0)
+        M = step @ torch.from_numpy(T)
+        X = torch.from_numpy(pts) @ M[:3, :3].T + M[:3, 3]
+        u, v = 30.0 * X[:, 0] / X[:, 2] + 16.0, 30.0 * X[:, 1] / X[:, 2] + 12.0
+        grid = torch.stack([u * 2 / w - 1, v * 2 / h - 1], -1)[None, None]
+        val = F.grid_sample(torch.from_numpy(image).double()[None, None], grid, mode="bilinear",
+                            align_corners=False)[0, 0, 0]
+        return val - torch.from_numpy(ref).double(), u, v
+
+    r, u, v = residuals(torch.zeros(6, dtype=torch.float64))
+    inside = ((u > 1) & (u < w - 1) & (v > 1) & (v < h - 1)).numpy()
+    assert inside.mean() > 0.8
+    J = torch.autograd.functional.jacobian(lambda xi: residuals(xi)[0], torch.zeros(6, dtype=torch.float64)).numpy()
+    # the kernel uses central-difference image gradients, autograd the bilinear patch's slope: close, not equal
+    J, r = J[inside], r.numpy()[inside]
+    np.testing.assert_allclose(H[0], J.T @ J, rtol=0.15, atol=0.02 * np.abs(J.T @ J).max())
+    np.testing.assert_allclose(b[0], J.T @ r, rtol=0.15, atol=0.02 * np.abs(J.T @ r).max())
