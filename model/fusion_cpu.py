@@ -16,10 +16,10 @@ machine with Numba (``cache=True`` keeps the machine code in ``__pycache__`` or 
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numba
 import numpy as np
+
+from model.cpu_threads import run_interleaved
 
 _F32 = np.float32
 
@@ -107,16 +107,8 @@ def fuse_region(along_z: np.ndarray, along_y: np.ndarray, along_x: np.ndarray, d
     arrays = [np.ascontiguousarray(a, dtype=np.float32) for a in (along_z, along_y, along_x, depth, weight, rgb_in)]
     H, W = size
     args = (*arrays, has_rgb, int(H), int(W), float(truncation))
-    threads = max(1, min(int(threads or 1), nz * ny))
-    if threads == 1:
-        _fuse_rows(*args, 0, 1, tsdf, wsum, colour)
-    else:
-        # plain threads, rows dealt round-robin (rows near the cameras cost more than rows behind a
-        # facade); the compiled loop releases the GIL. Numba's own parallel layers were slower here
-        # (its work queue gained nothing from a second core) or unsafe in processes that fork (OpenMP).
-        with ThreadPoolExecutor(threads, thread_name_prefix="fusion") as pool:
-            for job in [pool.submit(_fuse_rows, *args, i, threads, tsdf, wsum, colour) for i in range(threads)]:
-                job.result()
+    # rows dealt round-robin: rows near the cameras cost more than rows behind a facade
+    run_interleaved(_fuse_rows, args, (tsdf, wsum, colour), threads or 1, nz * ny, "fusion")
     out = {"tsdf": tsdf, "weight": wsum}
     if has_rgb:
         out["rgb"] = colour

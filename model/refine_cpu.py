@@ -13,10 +13,10 @@ early exits instead of ~60 tensor passes per step; compiled once per machine (Nu
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numba
 import numpy as np
+
+from model.cpu_threads import run_interleaved
 
 
 @numba.njit(cache=True, nogil=True)
@@ -127,13 +127,7 @@ def normal_equations(points: np.ndarray, ok: np.ndarray, ref: np.ndarray, maps: 
     R = np.ascontiguousarray(T[:, :3, :3], dtype=np.float64)
     t = np.ascontiguousarray(T[:, :3, 3], dtype=np.float64)
     args = (f32[0], np.ascontiguousarray(ok, dtype=np.bool_), f32[1], f32[2], R, t, f32[3], float(huber))
-    threads = max(1, min(int(threads), P))
-    if threads == 1:
-        _systems(*args, 0, 1, H, b, cost)
-    else:
-        with ThreadPoolExecutor(threads, thread_name_prefix="refine") as pool:
-            for job in [pool.submit(_systems, *args, k, threads, H, b, cost) for k in range(threads)]:
-                job.result()
+    run_interleaved(_systems, args, (H, b, cost), threads, P, "refine")
     return H, b, cost
 
 
