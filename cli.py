@@ -267,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--json", default=None, help="also write the summary as JSON here")
     rec.add_argument("--refine-poses", choices=["auto", "on", "off"], default="auto",
                      help="refine the predicted poses of neighbouring frames by direct image alignment with the "
-                          "predicted depth (auto: only when the collection has no poses)")
+                          "predicted depth (auto: fully when the collection has no poses, on the coarse image "
+                          "levels when it has: enough for the metric scale and the pose report; on: fully)")
     rec.add_argument("--storage-options", default=None, metavar="FILE.json",
                      help="fsspec/s3fs options as JSON (endpoint_url, key, secret, ...); default: the AWS_* "
                           "environment variables")

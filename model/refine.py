@@ -148,7 +148,9 @@ def _gauss_newton(X, ok, ref, maps, T, K, iters: int, huber: float, tol: float) 
     Kv = torch.stack([K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2]], 1).numpy()
     eye = torch.eye(6, dtype=torch.float64)
     for _ in range(iters):
-        H, b, _ = normal_equations(*args, T.numpy(), Kv, huber, threads=torch.get_num_threads())
+        # one thread: the pairs' loops gained nothing from this VM's second core, and thread start-up
+        # cost more than a coarse level's step (docs/benchmarks.md)
+        H, b, _ = normal_equations(*args, T.numpy(), Kv, huber, threads=1)
         H, b = torch.from_numpy(H), torch.from_numpy(b)
         H = H + 1e-4 * torch.diag_embed(torch.diagonal(H, dim1=1, dim2=2)) + 1e-9 * eye
         xi = -torch.linalg.solve(H, b)
@@ -171,7 +173,7 @@ def refine_poses(images, depth, intrinsics, cam_from_world, levels: int = 4, ite
 
     ``images [S, 3, h, w]`` float in [0, 1] (or uint8 ``[S, h, w, 3]``), ``depth [S, h, w]`` (0 = none),
     ``intrinsics [S, 3, 3]`` and ``cam_from_world [S, 3, 4]`` at the same size (numpy or torch, any
-    device; it runs on the CPU, on ``torch.get_num_threads()`` threads).
+    device; it runs on the CPU, one thread).
 
     ``levels`` image levels (each half the size of the next) and ``iters`` Gauss-Newton steps per
     level, coarse to fine. The coarsest level (1/8 of the size) widens the reach to the 10-17 degree
@@ -220,11 +222,13 @@ def refine_poses(images, depth, intrinsics, cam_from_world, levels: int = 4, ite
             X, ref, ok = X.gather(1, pick[..., None].expand(-1, -1, 3)), ref.gather(1, pick), ok.gather(1, pick)
         T = _gauss_newton(X.contiguous(), ok.contiguous(), ref.contiguous(), _gradients(g[j]).contiguous(), T, Kl[j],
                           iters[levels - 1 - level], huber, tol)
-    # acceptance on all of frame i's pixels at full size
-    X = _lift(D[i], K[i])
-    ok = D[i].reshape(len(i), -1) > 0
-    ref = grey[i].reshape(len(i), -1)
-    before, after = _costs(X, ok, ref, grey[j], T_net, T, K[j], clip)
+    # acceptance on all of frame i's pixels at the finest level that took steps (full size by default)
+    finest = min(k for k in range(levels) if iters[levels - 1 - k] > 0) if any(iters) else 0
+    g, d, Kl = _level(grey, D, K, max(1, H >> finest), max(1, W >> finest))
+    X = _lift(d[i], Kl[i])
+    ok = d[i].reshape(len(i), -1) > 0
+    ref = g[i].reshape(len(i), -1)
+    before, after = _costs(X, ok, ref, g[j], T_net, T, Kl[j], clip)
     accepted = torch.isfinite(T).all(dim=(1, 2)) & (after < before)
     rel = torch.where(accepted[:, None, None], T, T_net)
     chain = [Tw[0]]

@@ -37,7 +37,7 @@ from .zip_pass import (
     get_model,
     prepare_views,
     refine_result,
-    should_refine,
+    refinement_steps,
     weights_sha256,
     zip_collection,
 )
@@ -106,9 +106,9 @@ def zip_pass(coll: Collection, weights: str | None = None, device: str | None = 
 
 
 @task(name="refine-poses", cache_policy=NO_CACHE)
-def refine_poses(views: Views, zr: ZipResult) -> ZipResult:
+def refine_poses(views: Views, zr: ZipResult, steps: tuple[int, ...]) -> ZipResult:
     """The predicted relative poses of neighbouring frames refined by direct image alignment."""
-    return refine_result(views, zr)
+    return refine_result(views, zr, steps)
 
 
 def _with_origin(cam_from_world: np.ndarray, origin: np.ndarray) -> np.ndarray:
@@ -379,7 +379,8 @@ def run_reconstruction(src: str, out: str, collection_id: str | None = None, wei
     after the store was begun marks it ``failed`` — never ``complete``. ``validate_inputs(collection,
     collection_id)`` runs after reading and ``validate_outputs(summary)`` before the store is marked
     complete; either raises to stop the run. ``refine``: pose refinement after the zip pass, ``"auto"``
-    (only when the collection has no poses), ``"on"`` or ``"off"`` (``tasks.zip_pass.should_refine``).
+    (full without given poses, coarse with them), ``"on"`` (full) or ``"off"``
+    (``tasks.zip_pass.refinement_steps``).
     """
     cid = safe_id(collection_id) if collection_id else collection_id_from_url(src)
     timings: dict[str, float] = {}
@@ -396,10 +397,10 @@ def run_reconstruction(src: str, out: str, collection_id: str | None = None, wei
     if validate_inputs is not None:
         validate_inputs(coll, cid)
     report = stage("check_poses", check_poses, coll)
-    refining = should_refine(refine, report.poses_given)  # a bad mode fails before the network runs
+    steps = refinement_steps(refine, report.poses_given)  # a bad mode fails before the network runs
     views, zr = stage("zip_pass", zip_pass, coll, weights, device, preset, max_offline_frames)
-    if refining:
-        zr = stage("refine_poses", refine_poses, views, zr)
+    if steps is not None:
+        zr = stage("refine_poses", refine_poses, views, zr, steps)
     scene = stage("place_in_world", place_in_world, coll, views, zr, report)
     plan = stage("plan_volume", plan_volume, scene, voxel_size, max_voxels, truncation_voxels)
     params = {"voxel_size": voxel_size, "max_voxels": max_voxels, "truncation_voxels": truncation_voxels,

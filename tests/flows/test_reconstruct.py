@@ -113,20 +113,25 @@ def test_images_only_mixed_sizes_no_poses(tmp_path):
         im.save(plain / "images" / f"{i:03d}.jpg")
     summary = run_reconstruction(str(plain), str(tmp_path / "out"), max_voxels=24)
     assert summary["status"] == "complete" and not summary["metric_scale"] and summary["units"] == "1"
-    # no poses given: the predicted ones are refined (refine="auto"), pair by pair
+    # no poses given: the predicted ones are refined fully (refine="auto"), pair by pair
     assert "refine_poses" in summary["timings"] and summary["pose_refinement"]["pairs"] == 3
+    assert summary["pose_refinement"]["steps_per_level"] == [12, 12, 12, 12]
     tree = open_reconstruction(str(tmp_path / "out" / "plain.zarr"))
     assert np.isnan(tree["views"].rotation_error.values).all()
     np.testing.assert_allclose(tree["views"].world_to_camera.values[0], np.eye(4), atol=1e-5)
 
 
 def test_pose_refinement_modes(done, street, tmp_path):
-    _, summary = done  # given poses, refine="auto": the given cameras are the output, nothing to refine
-    assert summary["pose_refinement"] is None and "refine_poses" not in summary["timings"]
-    forced = run_reconstruction(street, str(tmp_path / "on"), max_voxels=16, refine="on")
-    assert forced["pose_refinement"]["pairs"] == FRAMES - 1 and forced["status"] == "complete"
+    _, summary = done  # given poses, refine="auto": the coarse refinement, enough for the scale and report
+    coarse = summary["pose_refinement"]
+    assert coarse["steps_per_level"] == [12, 12, 6, 0] and coarse["pairs"] == FRAMES - 1
+    assert "refine_poses" in summary["timings"]
+    full = run_reconstruction(street, str(tmp_path / "on"), max_voxels=16, refine="on")
+    assert full["pose_refinement"]["steps_per_level"] == [12, 12, 12, 12] and full["status"] == "complete"
+    off = run_reconstruction(street, str(tmp_path / "off"), max_voxels=16, refine="off")
+    assert off["pose_refinement"] is None and "refine_poses" not in off["timings"]
     # the refined predictions are what the pose report compares with the given cameras
-    assert forced["pose_checks"] != summary["pose_checks"]
+    assert off["pose_checks"]["alignment"] != full["pose_checks"]["alignment"]
     with pytest.raises(ConfigError, match="pose refinement must be one of"):
         run_reconstruction(street, str(tmp_path / "bad"), refine="sometimes")
     assert not (tmp_path / "bad").exists()
