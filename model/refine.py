@@ -12,9 +12,9 @@ are the chain of relative ones from the network's first camera, so the world fra
 scale stay the network's.
 
 A refined pair is kept only when it explains frame i+1 better than the network's relative pose
-(lower truncated photometric error over frame i's pixels, pixels leaving the image counting as
-the truncation): a pair that does not overlap, or where the alignment diverged, keeps the network's
-estimate. Frames are taken in collection order (sorted file names): walks, orbits and flights are
+(lower truncated photometric error over the pixels of frame i that both poses keep inside frame
+i+1, at least 20 % of them): a pair that does not overlap, or where the alignment diverged, keeps
+the network's estimate. Frames are taken in collection order (sorted file names): walks, orbits and flights are
 sequences; for an unordered photo set few pairs overlap and most keep the network's poses.
 
 Conventions as in ``model.geometry``: OpenCV axes, ``cam_from_world [S, 3, 4]``, intrinsics in
@@ -211,6 +211,8 @@ def refine_poses(images, depth, intrinsics, cam_from_world, levels: int = 4, ite
     T_net = Tw[j] @ torch.linalg.inv(Tw[i])  # camera i -> camera j, the network's
     T = T_net.clone()
     for level in reversed(range(levels)):
+        if iters[levels - 1 - level] == 0:
+            continue
         h, w = max(1, H >> level), max(1, W >> level)
         g, d, Kl = _level(grey, D, K, h, w)
         X = _lift(d[i], Kl[i])
