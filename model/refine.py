@@ -165,10 +165,88 @@ def _gauss_newton(X, ok, ref, maps, T, K, iters: int, huber: float, tol: float) 
     return T
 
 
+def _log_se3(T: torch.Tensor) -> torch.Tensor:
+    """``[E, 4, 4]`` near the identity -> ``[E, 6]`` (translation, rotation vector): the residual of the
+    pose graph (the translation is the matrix's, exact to first order, which is all Gauss-Newton needs)."""
+    R = T[:, :3, :3]
+    cos = ((R.diagonal(dim1=1, dim2=2).sum(1) - 1) / 2).clamp(-1, 1)
+    theta = torch.arccos(cos)
+    vee = torch.stack([R[:, 2, 1] - R[:, 1, 2], R[:, 0, 2] - R[:, 2, 0], R[:, 1, 0] - R[:, 0, 1]], 1)
+    sin = torch.sin(theta)
+    factor = torch.where(sin > 1e-9, theta / (2 * sin.clamp_min(1e-12)), torch.full_like(theta, 0.5))
+    return torch.cat([T[:, :3, 3], factor[:, None] * vee], 1)
+
+
+def _adjoint(T: torch.Tensor) -> torch.Tensor:
+    """Adjoint ``[E, 6, 6]`` of ``[E, 4, 4]`` for (translation, rotation) twists:
+    ``T exp(x) T^-1 = exp(Ad(T) x)``."""
+    R, t = T[:, :3, :3], T[:, :3, 3]
+    A = torch.zeros(len(T), 6, 6, dtype=T.dtype)
+    A[:, :3, :3] = R
+    A[:, 3:, 3:] = R
+    A[:, :3, 3:] = _hat(t) @ R
+    return A
+
+
+def pose_graph(Tw: torch.Tensor, i: torch.Tensor, j: torch.Tensor, rel: torch.Tensor, scale: float,
+               iters: int = 10, tol: float = 1e-10) -> torch.Tensor:
+    """Absolute poses ``Tw [S, 4, 4]`` (world -> camera, float64) that best agree with the relative ones
+    ``rel [E, 4, 4]`` (camera i -> camera j) of the edges ``(i, j)``: Gauss-Newton on
+    ``sum_e |log(rel_e Tw_i Tw_j^-1)|^2`` with left perturbations, the first camera held fixed (it is
+    the world frame), translations measured in units of ``scale`` (the scene's median depth).
+    Jacobians are the usual first-order ones (``Ad(rel_e)`` for frame i, ``-1`` for frame j); on a tree
+    (one edge per neighbouring pair) the start, if it is the chain of ``rel``, is already the answer."""
+    S = len(Tw)
+    weight = torch.tensor([1 / scale] * 3 + [1.0] * 3, dtype=torch.float64)
+    Ji = _adjoint(rel) * weight[None, :, None]
+    for _ in range(iters):
+        r = _log_se3(rel @ Tw[i] @ torch.linalg.inv(Tw[j])) * weight
+        H = torch.zeros(S, 6, S, 6, dtype=torch.float64)
+        b = torch.zeros(S, 6, dtype=torch.float64)
+        Jj = -torch.diag(weight).expand(len(i), 6, 6)
+        for a, Ja in ((i, Ji), (j, Jj)):
+            b.index_add_(0, a, (Ja.transpose(1, 2) @ r[..., None])[..., 0])
+            for c, Jc in ((i, Ji), (j, Jj)):
+                block = Ja.transpose(1, 2) @ Jc
+                H.view(S, 6, S * 6).index_put_((a[:, None, None], torch.arange(6)[None, :, None],
+                                                (c[:, None, None] * 6 + torch.arange(6)[None, None, :])),
+                                               block, accumulate=True)
+        H = H.reshape(6 * S, 6 * S)[6:, 6:]
+        H = H + 1e-9 * torch.eye(len(H), dtype=torch.float64)
+        dx = -torch.linalg.solve(H, b.reshape(-1)[6:]).reshape(S - 1, 6)
+        step = torch.eye(4, dtype=torch.float64).repeat(S - 1, 1, 1)
+        step[:, :3, :3] = _so3_exp(dx[:, 3:])
+        step[:, :3, 3] = dx[:, :3]
+        Tw = torch.cat([Tw[:1], step @ Tw[1:]])
+        if float(dx.abs().max()) < tol:
+            break
+    return Tw
+
+
+def _align(grey, D, K, i, j, T, levels, iters, max_points, huber, tol) -> torch.Tensor:
+    """The relative poses ``T [P, 4, 4]`` (camera i -> camera j) after Gauss-Newton over the image levels."""
+    S, _, H, W = grey.shape
+    for level in reversed(range(levels)):
+        if iters[levels - 1 - level] == 0:
+            continue
+        h, w = max(1, H >> level), max(1, W >> level)
+        g, d, Kl = _level(grey, D, K, h, w)
+        X = _lift(d[i], Kl[i])
+        ref = g[i].reshape(len(i), -1)
+        ok = d[i].reshape(len(i), -1) > 0
+        if level == 0 and max_points is not None and max_points < h * w:  # frame i's strongest gradients
+            mag = _gradients(g[i])[:, 1:].square().sum(1).reshape(len(i), -1)
+            pick = torch.where(ok, mag, -1.0).topk(max_points, dim=1).indices
+            X, ref, ok = X.gather(1, pick[..., None].expand(-1, -1, 3)), ref.gather(1, pick), ok.gather(1, pick)
+        T = _gauss_newton(X.contiguous(), ok.contiguous(), ref.contiguous(), _gradients(g[j]).contiguous(), T, Kl[j],
+                          iters[levels - 1 - level], huber, tol)
+    return T
+
+
 @torch.no_grad()
 def refine_poses(images, depth, intrinsics, cam_from_world, levels: int = 4, iters: tuple[int, ...] = (12, 12, 12, 12),
                  max_points: int | None = None, huber: float = 0.05, clip: float = 0.2, tol: float = 0.01,
-                 ) -> Refinement:
+                 max_gap: int = 1) -> Refinement:
     """Refine the relative poses of consecutive frames by direct alignment (module docstring).
 
     ``images [S, 3, h, w]`` float in [0, 1] (or uint8 ``[S, h, w, 3]``), ``depth [S, h, w]`` (0 = none),
@@ -184,9 +262,13 @@ def refine_poses(images, depth, intrinsics, cam_from_world, levels: int = 4, ite
     Grey values are in [0, 1]: ``huber`` is the Huber threshold, ``clip`` the truncation of the
     acceptance test; a level stops early once no pair's step moves a point by more than ``tol``
     pixels of that level.
+
+    ``max_gap``: pairs ``(i, i + g)`` for ``g = 1 .. max_gap``. With 1 the poses are the chain of the
+    neighbouring pairs; with more, the pairs further apart (started from the chain, kept where they
+    pass the acceptance test) join a pose graph (:func:`pose_graph`) that spreads the chain's drift.
+    ``Refinement.accepted`` and the costs list the pairs gap by gap (the neighbouring ones first).
     """
     t0 = time.perf_counter()
-    device = torch.device("cpu")  # small work in a compiled CPU loop (model.refine_cpu)
     img = torch.as_tensor(images).cpu()
     if img.dtype == torch.uint8:
         img = img.permute(0, 3, 1, 2).float() / 255.0
@@ -201,41 +283,43 @@ def refine_poses(images, depth, intrinsics, cam_from_world, levels: int = 4, ite
                          f"{tuple(K.shape)} and cam_from_world {tuple(C.shape)} do not fit together")
     if len(iters) != levels:
         raise ValueError(f"refine_poses: {levels} levels need {levels} iteration counts, got {iters}")
-    Tw = torch.eye(4, dtype=torch.float64, device=device).repeat(S, 1, 1)
+    if max_gap < 1:
+        raise ValueError(f"refine_poses: max_gap must be at least 1, got {max_gap}")
+    Tw = torch.eye(4, dtype=torch.float64).repeat(S, 1, 1)
     Tw[:, :3] = C
     if S < 2:
-        return Refinement(C.cpu().numpy(), np.zeros(0, bool), np.zeros(0), np.zeros(0), time.perf_counter() - t0)
-    grey = (img * torch.tensor(_GREY, device=device)[None, :, None, None]).sum(1, keepdim=True)
-    i = torch.arange(S - 1, device=device)
-    j = i + 1
-    T_net = Tw[j] @ torch.linalg.inv(Tw[i])  # camera i -> camera j, the network's
-    T = T_net.clone()
-    for level in reversed(range(levels)):
-        if iters[levels - 1 - level] == 0:
-            continue
-        h, w = max(1, H >> level), max(1, W >> level)
-        g, d, Kl = _level(grey, D, K, h, w)
-        X = _lift(d[i], Kl[i])
-        ref = g[i].reshape(len(i), -1)
-        ok = d[i].reshape(len(i), -1) > 0
-        if level == 0 and max_points is not None and max_points < h * w:  # frame i's strongest gradients
-            mag = _gradients(g[i])[:, 1:].square().sum(1).reshape(len(i), -1)
-            pick = torch.where(ok, mag, -1.0).topk(max_points, dim=1).indices
-            X, ref, ok = X.gather(1, pick[..., None].expand(-1, -1, 3)), ref.gather(1, pick), ok.gather(1, pick)
-        T = _gauss_newton(X.contiguous(), ok.contiguous(), ref.contiguous(), _gradients(g[j]).contiguous(), T, Kl[j],
-                          iters[levels - 1 - level], huber, tol)
+        return Refinement(C.numpy(), np.zeros(0, bool), np.zeros(0), np.zeros(0), time.perf_counter() - t0)
+    grey = (img * torch.tensor(_GREY)[None, :, None, None]).sum(1, keepdim=True)
     # acceptance on all of frame i's pixels at the finest level that took steps (full size by default)
     finest = min(k for k in range(levels) if iters[levels - 1 - k] > 0) if any(iters) else 0
-    g, d, Kl = _level(grey, D, K, max(1, H >> finest), max(1, W >> finest))
-    X = _lift(d[i], Kl[i])
-    ok = d[i].reshape(len(i), -1) > 0
-    ref = g[i].reshape(len(i), -1)
-    before, after = _costs(X, ok, ref, g[j], T_net, T, Kl[j], clip)
-    accepted = torch.isfinite(T).all(dim=(1, 2)) & (after < before)
-    rel = torch.where(accepted[:, None, None], T, T_net)
+    fine = _level(grey, D, K, max(1, H >> finest), max(1, W >> finest))
+
+    def refine_pairs(i, j, T_start):
+        T_net = Tw[j] @ torch.linalg.inv(Tw[i])  # camera i -> camera j, the network's
+        T = _align(grey, D, K, i, j, T_start.clone(), levels, iters, max_points, huber, tol)
+        g, d, Kl = fine
+        before, after = _costs(_lift(d[i], Kl[i]), d[i].reshape(len(i), -1) > 0, g[i].reshape(len(i), -1),
+                               g[j], T_net, T, Kl[j], clip)
+        accepted = torch.isfinite(T).all(dim=(1, 2)) & (after < before)
+        return torch.where(accepted[:, None, None], T, T_net), accepted, before, after
+
+    i = torch.arange(S - 1)
+    j = i + 1
+    rel, accepted, before, after = refine_pairs(i, j, Tw[j] @ torch.linalg.inv(Tw[i]))
     chain = [Tw[0]]
     for k in range(S - 1):
         chain.append(rel[k] @ chain[-1])
-    out = torch.stack(chain)[:, :3]
-    return Refinement(out.cpu().numpy(), accepted.cpu().numpy(), before.cpu().numpy(), after.cpu().numpy(),
-                      time.perf_counter() - t0)
+    out = torch.stack(chain)
+    edges = [(i, j, rel, accepted, before, after)]
+    for gap in range(2, min(max_gap, S - 1) + 1):
+        gi = torch.arange(S - gap)
+        gj = gi + gap
+        edges.append((gi, gj, *refine_pairs(gi, gj, out[gj] @ torch.linalg.inv(out[gi]))))
+    if len(edges) > 1:
+        keep = [torch.ones(S - 1, dtype=torch.bool)] + [e[3] for e in edges[1:]]  # neighbours keep the graph whole
+        ei, ej, erel = (torch.cat([e[n][k] for e, k in zip(edges, keep)]) for n in range(3))
+        valid = D[D > 0]
+        scale = float(valid.median()) if valid.numel() else 1.0
+        out = pose_graph(out, ei, ej, erel, scale)
+    accepted, before, after = (torch.cat([e[n] for e in edges]) for n in (3, 4, 5))
+    return Refinement(out[:, :3].numpy(), accepted.numpy(), before.numpy(), after.numpy(), time.perf_counter() - t0)

@@ -106,3 +106,70 @@ def test_normal_equations_match_autograd():
     J, r = J[inside], r.numpy()[inside]
     np.testing.assert_allclose(H[0], J.T @ J, rtol=0.15, atol=0.02 * np.abs(J.T @ J).max())
     np.testing.assert_allclose(b[0], J.T @ r, rtol=0.15, atol=0.02 * np.abs(J.T @ r).max())
+
+
+def _random_poses(S, seed, spread=0.3):
+    from model.refine import _so3_exp
+
+    g = torch.Generator().manual_seed(seed)
+    T = torch.eye(4, dtype=torch.float64).repeat(S, 1, 1)
+    T[:, :3, :3] = _so3_exp(torch.randn(S, 3, generator=g, dtype=torch.float64) * spread)
+    T[:, :3, 3] = torch.randn(S, 3, generator=g, dtype=torch.float64)
+    return T, g
+
+
+def _perturbed(T, g, sigma):
+    from model.refine import _so3_exp
+
+    N = torch.eye(4, dtype=torch.float64).repeat(len(T), 1, 1)
+    N[:, :3, :3] = _so3_exp(torch.randn(len(T), 3, generator=g, dtype=torch.float64) * sigma)
+    N[:, :3, 3] = torch.randn(len(T), 3, generator=g, dtype=torch.float64) * sigma
+    return N @ T
+
+
+def _gap_edges(S, max_gap):
+    i = torch.cat([torch.arange(S - gap) for gap in range(1, max_gap + 1)])
+    j = torch.cat([torch.arange(gap, S) for gap in range(1, max_gap + 1)])
+    return i, j
+
+
+def test_pose_graph_recovers_consistent_poses_and_spreads_drift():
+    from model.refine import pose_graph
+
+    S = 12
+    truth, g = _random_poses(S, 5)
+    i, j = _gap_edges(S, 3)
+    rel = truth[j] @ torch.linalg.inv(truth[i])
+    start = _perturbed(truth, g, 0.05)
+    start[0] = truth[0]  # the first camera is the gauge
+    out = pose_graph(start, i, j, rel, scale=1.0)
+    np.testing.assert_allclose(out.numpy(), truth.numpy(), atol=1e-9)
+
+    def rotation_error(T):
+        return float((T[:, :3, :3] - truth[:, :3, :3]).norm(dim=(1, 2)).mean())
+
+    chain_err, graph_err = [], []
+    for _ in range(10):  # noisy relative poses: the graph over gaps 1-3 beats the chain of neighbours
+        noisy = _perturbed(rel, g, 0.02)
+        chain = [truth[0]]
+        for k in range(S - 1):
+            chain.append(noisy[k] @ chain[-1])
+        chain = torch.stack(chain)
+        graph = pose_graph(chain, i, j, noisy, scale=1.0)
+        np.testing.assert_allclose(graph[0].numpy(), truth[0].numpy())
+        chain_err.append(rotation_error(chain))
+        graph_err.append(rotation_error(graph))
+    assert np.mean(graph_err) < 0.5 * np.mean(chain_err)
+
+
+def test_max_gap_adds_pairs_further_apart(street):
+    S = len(street["depth"])
+    start = _identity_poses(S)
+    result = refine_poses(street["images"], street["depth"], street["intrinsics"], start, max_gap=2)
+    assert result.to_dict()["pairs"] == (S - 1) + (S - 2)
+    assert result.accepted[: S - 1].all()
+    rot, trans = relative_pose_errors(result.cam_from_world, street["cam_from_world"])
+    assert rot.max() < 1.0 and np.median(trans) < 5.0
+    np.testing.assert_allclose(result.cam_from_world[0], start[0])
+    with pytest.raises(ValueError, match="max_gap"):
+        refine_poses(street["images"], street["depth"], street["intrinsics"], start, max_gap=0)
