@@ -226,3 +226,45 @@ def test_orbit_step_cap_bounds_the_turn_between_frames():
     np.testing.assert_allclose(capped, 10.0, atol=1e-6)
     with pytest.raises(InputError, match="max_orbit_step_deg"):
         generate_sample(21, "orbit", 4, 28, 42, max_orbit_step_deg=0.0)
+
+
+def _assert_same_images(a, b):
+    """The compiled loop and the numpy arrays compute the same float64 formulas in the same order;
+    allow a few pixels to differ by rounding in library functions (sin, pow) on other CPUs."""
+    (rgb_a, depth_a), (rgb_b, depth_b) = a, b
+    assert rgb_a.dtype == rgb_b.dtype == depth_a.dtype == depth_b.dtype == np.float32
+    depth_off = ~np.isclose(depth_a, depth_b, rtol=1e-6, atol=0)
+    rgb_off = ~np.isclose(rgb_a, rgb_b, rtol=0, atol=1e-5).all(-1)
+    assert depth_off.mean() <= 1e-3 and rgb_off.mean() <= 1e-3, (depth_off.sum(), rgb_off.sum())
+    assert np.array_equal(depth_a > 0, depth_b > 0) or (np.logical_xor(depth_a > 0, depth_b > 0).mean() <= 1e-3)
+
+
+@pytest.mark.parametrize("seed,kind", [(0, "street"), (1, "orbit"), (2, "aerial"), (3, "handheld")])
+def test_compiled_renderer_matches_numpy(seed, kind):
+    scene = make_scene(seed)
+    for cam, K in make_path(scene, kind, 3, seed, 56, 84):
+        _assert_same_images(render(scene, cam, K, 56, 84, engine="compiled"),
+                            render(scene, cam, K, 56, 84, engine="numpy"))
+
+
+def test_compiled_renderer_edge_cases(scene):
+    """Rays with exact zero components (the slab and cylinder special cases), a camera inside a canopy's
+    bounding sphere, an empty scene, and cast_rays / render_depth through both engines."""
+    K = np.array([[20.0, 0, 12.5], [0, 20.0, 8.5], [0, 0, 1]])  # odd sizes: the centre ray is axis-aligned
+    down = look_at(np.array([3.0, 2.0, 40.0]), np.array([3.0, 2.0, 0.0]), up=np.array([0.0, 1.0, 0.0]))
+    along = look_at(np.array([-30.0, 0.0, 1.6]), np.array([30.0, 0.0, 1.6]))
+    canopy = scene.sphere_center[np.argmax(scene.sphere_radius)]
+    inside = look_at(canopy + np.array([0.2, 0.1, 0.0]), canopy + np.array([5.0, 1.0, 0.0]))
+    for cam in (down, along, inside):
+        _assert_same_images(render(scene, cam, K, 17, 25, engine="compiled"),
+                            render(scene, cam, K, 17, 25, engine="numpy"))
+    empty = make_scene(0, "empty")
+    _assert_same_images(render(empty, along, K, 17, 25), render(empty, along, K, 17, 25, engine="numpy"))
+    dirs = np.array([[0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.3, -0.2, -0.1]])
+    origin = np.array([1.0, 2.0, 1.5])
+    np.testing.assert_allclose(cast_rays(scene, origin, dirs), cast_rays(scene, origin, dirs, engine="numpy"),
+                               rtol=1e-9)
+    np.testing.assert_allclose(render_depth(scene, down, K, 17, 25),
+                               render_depth(scene, down, K, 17, 25, engine="numpy"), rtol=1e-9)
+    with pytest.raises(InputError, match="render engine"):
+        render(scene, down, K, 4, 4, engine="cuda")
