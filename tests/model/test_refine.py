@@ -144,6 +144,8 @@ def test_pose_graph_recovers_consistent_poses_and_spreads_drift():
     start[0] = truth[0]  # the first camera is the gauge
     out = pose_graph(start, i, j, rel, scale=1.0)
     np.testing.assert_allclose(out.numpy(), truth.numpy(), atol=1e-9)
+    rotations_only = pose_graph(start, i, j, rel, scale=1.0, trans_weight=(j - i == 1).double())
+    np.testing.assert_allclose(rotations_only.numpy(), truth.numpy(), atol=1e-9)
 
     def rotation_error(T):
         return float((T[:, :3, :3] - truth[:, :3, :3]).norm(dim=(1, 2)).mean())
@@ -162,14 +164,15 @@ def test_pose_graph_recovers_consistent_poses_and_spreads_drift():
     assert np.mean(graph_err) < 0.5 * np.mean(chain_err)
 
 
-def test_max_gap_adds_pairs_further_apart(street):
+def test_gaps_add_pairs_further_apart(street):
     S = len(street["depth"])
     start = _identity_poses(S)
-    result = refine_poses(street["images"], street["depth"], street["intrinsics"], start, max_gap=2)
+    result = refine_poses(street["images"], street["depth"], street["intrinsics"], start, gaps=(1, 2))
     assert result.to_dict()["pairs"] == (S - 1) + (S - 2)
     assert result.accepted[: S - 1].all()
     rot, trans = relative_pose_errors(result.cam_from_world, street["cam_from_world"])
     assert rot.max() < 1.0 and np.median(trans) < 5.0
     np.testing.assert_allclose(result.cam_from_world[0], start[0])
-    with pytest.raises(ValueError, match="max_gap"):
-        refine_poses(street["images"], street["depth"], street["intrinsics"], start, max_gap=0)
+    for bad in ((), (2,), (0, 1)):
+        with pytest.raises(ValueError, match="gaps"):
+            refine_poses(street["images"], street["depth"], street["intrinsics"], start, gaps=bad)
