@@ -196,7 +196,9 @@ def pose_graph(Tw: torch.Tensor, i: torch.Tensor, j: torch.Tensor, rel: torch.Te
     the world frame), translations measured in units of ``scale`` (the scene's median depth) and
     weighted per edge by ``trans_weight [E]`` (default 1).
     Jacobians are the usual first-order ones (``Ad(rel_e)`` for frame i, ``-1`` for frame j); on a tree
-    (one edge per neighbouring pair) the start, if it is the chain of ``rel``, is already the answer."""
+    (one edge per neighbouring pair) the start, if it is the chain of ``rel``, is already the answer.
+    The normal equations are dense, ``(6 S)^2`` float64 entries: fine for hundreds of frames (700
+    frames: 141 MB), not for tens of thousands."""
     S = len(Tw)
     weight = torch.tensor([1 / scale] * 3 + [1.0] * 3, dtype=torch.float64).repeat(len(i), 1)
     if trans_weight is not None:
