@@ -26,10 +26,11 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from errors import ConfigError
+from settings import ReconstructionSettings
 from storage.tables import read_manifest, write_table
 from storage.urls import join, redact
 from tasks.batch import process_collections, summary_row
-from validation import manifest_row_problems, render_report, validate_manifest
+from validation import ValidationOutcome, manifest_row_problems, render_report, validate_manifest
 
 SUMMARY_NAME = "summary.parquet"
 
@@ -174,7 +175,8 @@ def reconstruct_batch(manifest: str | None = None, out: str = "", weights: str |
                       voxel_size: float | None = None, max_voxels: int = 128, device: str | None = None,
                       run_id: str | None = None, gpu: bool | None = None, storage_options: dict | None = None,
                       collections_per_task: int | None = None, cluster: str | None = None, workers: int = 2,
-                      prefix: str | None = None, since: str | None = None) -> list[dict]:
+                      prefix: str | None = None, since: str | None = None, preset: str | None = None,
+                      refine_poses: str = "auto") -> list[dict]:
     """Every collection of ``manifest`` into ``OUT/<collection_id>.zarr``; returns the summary rows.
 
     ``manifest``: a CSV/Parquet URL; or leave it empty and give ``prefix``, whose collections are
@@ -185,8 +187,13 @@ def reconstruct_batch(manifest: str | None = None, out: str = "", weights: str |
     ``gpu``: each collection task claims a ``GPU`` resource (default: when the cluster has GPU
     workers). ``collections_per_task`` > 1 groups collections into one task each (less
     orchestration per collection; the rows stay per collection); empty sizes the groups by
-    :func:`plan_groups`, from the cluster's task slots."""
+    :func:`plan_groups`, from the cluster's task slots. ``weights``: a checkpoint URL (the four published
+    ``.pt`` files are recognised; ``preset`` overrides that); empty: the bundled model."""
     logger = get_run_logger()
+    settings = ReconstructionSettings(weights=weights or None, preset=preset or None, voxel_size=voxel_size,
+                                      max_voxels=max_voxels, device=device or None, refine_poses=refine_poses)
+    if not cluster:  # the stages run on this machine's local cluster
+        settings.check_here()
     run_id = run_id or new_run_id()
     t0 = time.perf_counter()
     if not out:
@@ -207,7 +214,7 @@ def reconstruct_batch(manifest: str | None = None, out: str = "", weights: str |
     else:
         raise ConfigError("reconstruct-batch: give `manifest` (a CSV/Parquet URL) or `prefix` (a folder to list)")
     problems = manifest_row_problems(df)  # plain pandas: decides which rows run
-    params = {"weights": weights, "voxel_size": voxel_size, "max_voxels": max_voxels, "device": device}
+    params = settings.to_dict()
     todo = [i for i in df.index if i not in problems]
     with _dask_runner(cluster, workers) as runner:
         link = _dashboard_link(runner)
@@ -247,25 +254,31 @@ def reconstruct_batch(manifest: str | None = None, out: str = "", weights: str |
         else:
             rows.append(by_index[i])
     elapsed = time.perf_counter() - t0
+    # the suites that ran, for the report: the manifest's, then each collection's (carried back in its row)
+    sections = [("manifest", manifest_outcome)]
+    for r in rows:
+        sections += [(r["collection_id"] or "(no id)", ValidationOutcome.from_dict(v))
+                     for v in r.pop("validations", None) or ()]
     table = pd.DataFrame(rows)
+    if "started" in table:  # epoch seconds in the rows, a UTC timestamp in the table
+        table["started"] = pd.to_datetime(table["started"].astype(float), unit="s", utc=True)
     table["run_id"] = run_id
     write_table(table, join(run_dir, SUMMARY_NAME), storage_options)
-    report = render_report([("manifest", manifest_outcome)], f"Batch {run_id}: {redact(manifest)}")
-    report += "\n\n## Collections\n\n" + _rows_markdown(rows)
+    report = render_report(sections, f"Batch {run_id}: {redact(manifest)}", collections=rows)
     _write_text(join(run_dir, "validation.md"), report, storage_options)
-    create_table_artifact(table=[{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
-                                 for r in rows], key="batch-summary", description=f"run {run_id}: {redact(out)}")
+    create_table_artifact(table=[_artifact_row(r) for r in rows], key="batch-summary",
+                          description=f"run {run_id}: {redact(out)}")
     create_markdown_artifact(markdown=report, key="batch-validation-report")
     logger.info("batch %s: %d collections in %.1f s -> %s", run_id, len(rows), elapsed, redact(run_dir))
     return rows
 
 
-def _rows_markdown(rows: list[dict]) -> str:
-    lines = ["| collection_id | status | reason |", "|---|---|---|"]
-    for r in rows:
-        reason = (r["reason"] or "").replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {r['collection_id']} | {r['status']} | {reason} |")
-    return "\n".join(lines)
+def _artifact_row(row: dict) -> dict:
+    """A summary row for the table artifact (JSON): NaN as null, ``started`` as UTC ISO 8601."""
+    out = {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+    if out.get("started") is not None:
+        out["started"] = pd.Timestamp(out["started"], unit="s", tz="UTC").isoformat()
+    return out
 
 
 def _write_text(url: str, text: str, storage_options: dict | None) -> None:
@@ -286,49 +299,131 @@ def _flush_api_logs() -> None:
 
 
 @contextlib.contextmanager
+def _environ(values: dict[str, str]):
+    """Set environment variables (inherited by the processes started meanwhile); restore them afterwards."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
 def prefect_api(log: Callable[[str], None] | None = None):
     """Make sure flow and Dask workers talk to one Prefect API: the one ``PREFECT_API_URL`` names, else a
-    local server started for this run (ephemeral mode would start one per worker process)."""
+    local server started for this run (ephemeral mode would start one per worker process).
+
+    That server is the run's own: its SQLite database, like everything else Prefect keeps on disk during the
+    run (``PREFECT_HOME``: local results, the memo store), lies in a temporary folder, never in the user's
+    ``~/.prefect`` (whose database another server or run may hold, "database is locked"), and is removed
+    afterwards; its analytics heartbeat is off. The flow process (Prefect settings) and the worker processes
+    started meanwhile (environment) all point at it."""
     from prefect.settings import PREFECT_API_URL
 
     if os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value():
         yield None
         return
-    from prefect.server.api.server import SubprocessASGIServer
+    import shutil
+    import tempfile
 
-    server = SubprocessASGIServer()
-    server.start(timeout=120)
-    os.environ["PREFECT_API_URL"] = server.api_url  # inherited by the worker processes started below
-    if log:
-        log(f"started a local Prefect server for this run at {server.api_url}")
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import (
+        PREFECT_HOME,
+        PREFECT_PROFILES_PATH,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        PREFECT_SERVER_DATABASE_CONNECTION_URL,
+        temporary_settings,
+    )
+
+    home = tempfile.mkdtemp(prefix="zipmap-prefect-")
+    database = "sqlite+aiosqlite:///" + os.path.join(home, "prefect.db")
+    settings = {PREFECT_HOME: home, PREFECT_SERVER_DATABASE_CONNECTION_URL: database,
+                PREFECT_SERVER_ANALYTICS_ENABLED: False,
+                PREFECT_PROFILES_PATH: str(PREFECT_PROFILES_PATH.value())}  # the user's profiles still apply
+    env = {"PREFECT_HOME": home, "PREFECT_SERVER_DATABASE_CONNECTION_URL": database,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_PROFILES_PATH": str(PREFECT_PROFILES_PATH.value())}
+    server = None
     try:
-        yield server.api_url
+        with _environ(env), temporary_settings(updates=settings):
+            server = SubprocessASGIServer()
+            server.start(timeout=120)
+            if log:
+                log(f"started a local Prefect server for this run at {server.api_url}")
+            with _environ({"PREFECT_API_URL": server.api_url}), temporary_settings(
+                    updates={PREFECT_API_URL: server.api_url}):
+                try:
+                    yield server.api_url
+                finally:
+                    _flush_api_logs()  # ship the run's last logs before the server goes
     finally:
-        _flush_api_logs()  # ship the run's last logs before the server goes
-        os.environ.pop("PREFECT_API_URL", None)
-        server.stop()
+        if server is not None:
+            server.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+QUIET_ENV = {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING", "DASK_LOGGING__DISTRIBUTED": "warning"}
+
+
+@contextlib.contextmanager
+def quiet_logs(verbose: bool = False):
+    """Unless ``verbose``: Prefect's console output and Dask's ``distributed`` loggers at WARNING, in this
+    process and in the processes started meanwhile (the temporary Prefect server, LocalCluster workers:
+    through :data:`QUIET_ENV`, where the user has not set those variables). Prefect's run logs still reach
+    its API (the UI shows them). Restored afterwards."""
+    if verbose:
+        yield
+        return
+    import logging
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.root] + [lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    handlers = {h for lg in loggers for h in lg.handlers if isinstance(h, PrefectConsoleHandler)}
+    if os.environ.get("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"):
+        handlers = set()
+    distributed = logging.getLogger("distributed")
+    saved = [(h, h.level) for h in handlers] + [(distributed, distributed.level)]
+    for h in handlers:
+        h.setLevel(max(h.level, logging.WARNING))
+    if not os.environ.get("DASK_LOGGING__DISTRIBUTED") and distributed.getEffectiveLevel() < logging.WARNING:
+        distributed.setLevel(logging.WARNING)
+    try:
+        with _environ({k: v for k, v in QUIET_ENV.items() if not os.environ.get(k)}):
+            yield
+    finally:
+        for obj, level in saved:
+            obj.setLevel(level)
 
 
 def run_batch(manifest: str | None, out: str, cluster: str | None = None, workers: int = 2,
-              weights: str | None = None, voxel_size: float | None = None, max_voxels: int = 128,
-              device: str | None = None, run_id: str | None = None, storage_options: dict | None = None,
+              settings: ReconstructionSettings | None = None, run_id: str | None = None,
+              storage_options: dict | None = None,
               print_fn: Callable[[str], None] | None = None, collections_per_task: int | None = None,
-              prefix: str | None = None, since: str | None = None) -> list[dict]:
+              prefix: str | None = None, since: str | None = None, verbose: bool = False) -> list[dict]:
     """``zipmap batch``: run the flow (against ``PREFECT_API_URL``, else a local server), print the
-    closing table."""
+    closing table. Prefect's and Dask's INFO lines only with ``verbose`` (see :func:`quiet_logs`)."""
     # configuration errors end here with one clear line, before a flow run (and its traceback) starts
+    settings = settings or ReconstructionSettings()
+    if not cluster:
+        settings.check_here()
     if manifest:
         read_manifest(manifest, storage_options)
     if cluster:
         check_cluster(cluster)
-    with prefect_api(print_fn):
-        rows = reconstruct_batch(manifest, out, weights, voxel_size, max_voxels, device, run_id, None,
-                                 storage_options, collections_per_task, cluster=cluster, workers=workers,
-                                 prefix=prefix, since=since)
+    with quiet_logs(verbose), prefect_api(print_fn):
+        rows = reconstruct_batch(manifest, out, settings.weights, settings.voxel_size, settings.max_voxels,
+                                 settings.device, run_id, None, storage_options, collections_per_task,
+                                 cluster=cluster, workers=workers, prefix=prefix, since=since, preset=settings.preset,
+                                 refine_poses=settings.refine_poses)
     if print_fn is not None:
         print_fn(closing_table(rows))
     return rows
 
 
 __all__ = ["reconstruct_batch", "run_batch", "task_runner", "worker_config", "plan_groups", "cluster_slots",
-           "closing_table", "new_run_id", "ClusterError", "check_cluster", "SUMMARY_NAME"]
+           "closing_table", "new_run_id", "ClusterError", "check_cluster", "SUMMARY_NAME", "prefect_api", "quiet_logs"]

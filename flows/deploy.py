@@ -80,7 +80,8 @@ def ensure_pool(name: str, create: bool = True) -> bool:
 def batch_parameters(settings: Settings, overrides: Mapping[str, str] | None = None) -> dict:
     """Default parameters of the batch deployments (empty settings are left out: the flow's defaults)."""
     params = {"manifest": settings.manifest, "prefix": settings.prefix, "out": settings.out,
-              "cluster": settings.cluster, "weights": settings.weights, "workers": settings.workers,
+              "cluster": settings.cluster, "weights": settings.weights, "preset": settings.preset,
+              "workers": settings.workers,
               "max_voxels": settings.max_voxels}
     if settings.prefix:
         params["since"] = settings.since

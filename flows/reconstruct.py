@@ -1,10 +1,9 @@
 """Prefect flow ``reconstruct_collection``: one photo collection in, one Zarr store out.
 
-    python -m flows.reconstruct SRC OUT [--voxel-size M] [--weights W] [--device cpu|cuda]
+    python -m flows.reconstruct SRC OUT [--voxel-size M] [--weights W] [--preset NAME] [--device cpu|cuda]
 
-The same stage sequence (:func:`run_reconstruction`) runs without Prefect from ``zipmap
-reconstruct``: each stage is a Prefect task, called as a task inside the flow (so the run shows
-stage by stage in Prefect's UI) and through ``.fn`` from the CLI (no API server needed).
+The stage sequence (:mod:`tasks.stages`) runs here with each stage a Prefect task (so the run shows
+stage by stage in Prefect's UI), and without Prefect from ``zipmap reconstruct``.
 """
 
 from __future__ import annotations
@@ -15,38 +14,44 @@ import sys
 
 from prefect import flow, get_run_logger
 
-from tasks.reconstruct import call_plain, call_task, run_reconstruction
+from settings import ReconstructionSettings
+from tasks.reconstruct import call_task, run_reconstruction
 
 
 @flow(name="reconstruct-collection")
 def reconstruct_collection(src: str, out: str, collection_id: str | None = None, weights: str | None = None,
                            voxel_size: float | None = None, max_voxels: int = 128, device: str | None = None,
-                           max_offline_frames: int | None = None, refine_poses: str = "auto") -> dict:
-    """Reconstruct one collection (local path or URL) into ``OUT/<collection_id>.zarr``."""
+                           max_offline_frames: int | None = None, refine_poses: str = "auto",
+                           preset: str | None = None) -> dict:
+    """Reconstruct one collection (local path or URL) into ``OUT/<collection_id>.zarr``. ``weights``: a
+    checkpoint URL (the published ``.pt`` files are recognised; ``preset`` overrides); empty: bundled."""
+    settings = ReconstructionSettings(weights=weights or None, preset=preset or None, voxel_size=voxel_size,
+                                      max_voxels=max_voxels, device=device or None,
+                                      max_offline_frames=max_offline_frames, refine_poses=refine_poses).check_here()
     logger = get_run_logger()
-    summary = run_reconstruction(src, out, collection_id, weights, voxel_size, max_voxels, device=device,
-                                 max_offline_frames=max_offline_frames, call=call_task, log=logger.info,
-                                 refine=refine_poses)
+    summary = run_reconstruction(src, out, settings, collection_id, call=call_task, log=logger.info)
     logger.info("complete: %s", summary["output"])
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m flows.reconstruct", description=__doc__.split("\n")[0])
-    p.add_argument("src")
-    p.add_argument("out")
-    p.add_argument("--id", dest="collection_id")
-    p.add_argument("--weights")
-    p.add_argument("--voxel-size", type=float)
-    p.add_argument("--device")
+    p = argparse.ArgumentParser(prog="python -m flows.reconstruct", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("src", help="collection folder or URL")
+    p.add_argument("out", help="output folder or URL")
+    p.add_argument("--id", dest="collection_id", help="collection id (default: the source's last path component)")
+    p.add_argument("--weights", help="checkpoint URL (default: the bundled model)")
+    p.add_argument("--preset", help="network variant, overriding the one recognised from the checkpoint")
+    p.add_argument("--voxel-size", type=float, help="voxel edge in world units")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     args = p.parse_args(argv)
     summary = reconstruct_collection(args.src, args.out, args.collection_id, args.weights, args.voxel_size,
-                                     device=args.device)
+                                     device=args.device, preset=args.preset)
     print(json.dumps({k: summary[k] for k in ("collection_id", "output", "status")}))
     return 0
 
 
-__all__ = ["reconstruct_collection", "run_reconstruction", "call_plain", "call_task"]
+__all__ = ["reconstruct_collection", "run_reconstruction", "call_task"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,9 +15,11 @@ cast, so an official 1.37 B-parameter checkpoint never exists twice in memory.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import posixpath
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,14 +31,15 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from errors import CheckpointError, ConfigError
+from errors import CheckpointError
 
-from .config import ZipMapConfig, get_config
+from .config import OFFICIAL_CHECKPOINTS, PRESETS, ZipMapConfig, get_config
 from .zipmap import ZipMap
 
 CONFIG_METADATA_KEY = "zipmap_config"
 BUNDLED_DIR = Path(__file__).resolve().parent / "checkpoints"
 BUNDLED_NAME = "zipmap_city_small.safetensors"
+OFFICIAL_FILE_VARIANTS = {file: variant for variant, file in OFFICIAL_CHECKPOINTS.items()}
 
 
 def _is_local(url: str) -> bool:
@@ -49,7 +52,11 @@ def cache_dir() -> Path:
 
 def local_copy(url: str, storage_options: Mapping[str, Any] | None = None) -> str:
     """A local path holding the file at ``url``; remote files are cached (skipped when a copy
-    of the same size is already there) and written atomically."""
+    of the same size is already there) and written atomically. A missing or unreadable checkpoint
+    raises :class:`CheckpointError`; a remote one that does not answer (timeouts, lost connections,
+    5xx, throttling) :class:`errors.TransientError`, which batches retry."""
+    from errors import describe, io_error, is_transient, scrub  # the one classification of I/O faults
+
     if _is_local(url):
         path = url[len("file://"):] if url.startswith("file://") else url
         if not os.path.exists(path):
@@ -59,9 +66,11 @@ def local_copy(url: str, storage_options: Mapping[str, Any] | None = None) -> st
         fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
         size = fs.size(path)
     except FileNotFoundError:
-        raise CheckpointError(f"{url}: checkpoint file not found") from None
-    except Exception as exc:  # network, credentials, unknown protocol
-        raise CheckpointError(f"{url}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(scrub(f"{url}: checkpoint file not found")) from None
+    except Exception as exc:  # network (transient: retried by batches), credentials, unknown protocol
+        if is_transient(exc):
+            raise io_error(exc, url, "checkpoint did not answer") from exc
+        raise CheckpointError(scrub(f"{url}: cannot read checkpoint ({describe(exc)})")) from exc
     target = cache_dir() / "checkpoints" / hashlib.sha1(url.encode()).hexdigest()[:16] / Path(path).name
     if target.exists() and target.stat().st_size == size:
         return str(target)
@@ -69,7 +78,12 @@ def local_copy(url: str, storage_options: Mapping[str, Any] | None = None) -> st
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".part-")
     os.close(fd)
     try:
-        fs.get(path, tmp)
+        try:
+            fs.get(path, tmp)
+        except Exception as exc:  # a download cut short is worth a retry; anything else is the checkpoint's
+            if is_transient(exc):
+                raise io_error(exc, url, "checkpoint download failed") from exc
+            raise CheckpointError(scrub(f"{url}: cannot read checkpoint ({describe(exc)})")) from exc
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -137,8 +151,9 @@ def load_state_dict_into(model: torch.nn.Module, state_dict: Mapping[str, torch.
     model.load_state_dict(cast, strict=True, assign=True)
 
 
-def read_config(url: str, storage_options: Mapping[str, Any] | None = None) -> ZipMapConfig:
-    """The config of one of our checkpoints: ``name.json`` beside it, else safetensors metadata."""
+def read_config(url: str, storage_options: Mapping[str, Any] | None = None) -> ZipMapConfig | None:
+    """The config of one of our checkpoints: ``name.json`` beside it, else safetensors metadata; None
+    when neither is there (an official ``.pt``: :func:`recognise_variant` decides from the tensors)."""
     stem = url[: -len(".safetensors")] if url.endswith(".safetensors") else url
     json_url = stem + ".json"
     try:
@@ -151,7 +166,65 @@ def read_config(url: str, storage_options: Mapping[str, Any] | None = None) -> Z
             meta = f.metadata() or {}
         if CONFIG_METADATA_KEY in meta:
             return ZipMapConfig.from_json(meta[CONFIG_METADATA_KEY])
-    raise ConfigError(f"{url}: no config given and no {json_url} beside the checkpoint; pass config=")
+    return None
+
+
+# --- which variant a state dict is -----------------------------------------------------------------
+@functools.cache
+def expected_shapes(preset: str) -> dict[str, tuple[int, ...]]:
+    """Every state-dict entry of a preset's network with its shape (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        model = ZipMap(get_config(preset))
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _shapes(state_dict: Mapping[str, Any]) -> dict[str, tuple[int, ...] | None]:
+    return {k: (tuple(v.shape) if isinstance(v, torch.Tensor) else None) for k, v in state_dict.items()}
+
+
+def _differences(expected: Mapping[str, tuple], found: Mapping[str, tuple | None]) -> tuple[list, list, list]:
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(found) if found[k] != expected[k])
+    return missing, extra, wrong
+
+
+def _listed(label: str, keys: list[str], limit: int = 4) -> str:
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return f"{len(keys)} {label}{'s' if len(keys) > 1 else ''} ({', '.join(keys[:limit])}{more})"
+
+
+def recognise_variant(state_dict: Mapping[str, Any], source: str) -> str:
+    """The preset whose network has exactly the state dict's keys and shapes.
+
+    ``main`` and ``ref_view`` (and their small sizes) have identical keys and shapes: between those the
+    published file name decides (``checkpoint_aff_inv.pt`` -> ``main``, ``checkpoint_with_ref_view.pt``
+    -> ``ref_view``); where nothing decides, :class:`CheckpointError` asks for a preset. A state dict
+    that matches no preset raises naming what is missing or extra against the closest one."""
+    found = _shapes(state_dict)
+    scored = []
+    for name in PRESETS:
+        missing, extra, wrong = _differences(expected_shapes(name), found)
+        scored.append((len(missing) + len(extra) + len(wrong), name, missing, extra, wrong))
+    matches = [name for n, name, *_ in scored if n == 0]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        by_file = OFFICIAL_FILE_VARIANTS.get(posixpath.basename(source.split("?")[0]))
+        if by_file in matches:
+            return by_file
+        raise CheckpointError(f"{source}: the weights fit presets {', '.join(matches)} equally; pass --preset "
+                              f"(one of {', '.join(matches)})")
+    n, name, missing, extra, wrong = min(scored, key=lambda s: s[0])
+    parts = [_listed("missing key", missing), _listed("extra key", extra),
+             _listed("key of another shape", [f"{k} {found[k]} not {expected_shapes(name)[k]}" for k in wrong])]
+    detail = "; ".join(p for p, keys in zip(parts, (missing, extra, wrong)) if keys)
+    raise CheckpointError(f"{source}: matches no ZipMap variant; closest is {name!r}: {detail}")
+
+
+def preset_of(cfg: ZipMapConfig) -> str | None:
+    """The name of the preset ``cfg`` equals, or None for a custom configuration."""
+    return next((name for name, preset in PRESETS.items() if preset == cfg), None)
 
 
 def load_zipmap(
@@ -166,17 +239,24 @@ def load_zipmap(
     """Build a :class:`ZipMap` from a checkpoint URL, in eval mode.
 
     ``config`` is a :class:`ZipMapConfig`, a preset name (``"main"``, ``"ref_view"``,
-    ``"streaming"``, ``"state_query"``, ...) or ``None`` to read our JSON config beside the file.
+    ``"streaming"``, ``"state_query"``, ...) or ``None``: our JSON config beside the file (or in the
+    safetensors metadata), else the variant recognised from the tensors (:func:`recognise_variant`).
+    ``model.variant`` names the preset the network was built from (``"custom"`` for other configs).
     """
+    state_dict = read_state_dict(url, use_ema=use_ema, storage_options=storage_options)
+    variant = config if isinstance(config, str) else None
     if config is None:
         config = read_config(url, storage_options)
-    elif isinstance(config, str):
+        if config is None:
+            variant = recognise_variant(state_dict, url)
+            config = get_config(variant)
+    if isinstance(config, str):
         config = get_config(config)
-    state_dict = read_state_dict(url, use_ema=use_ema, storage_options=storage_options)
     with torch.device("meta"):
         model = ZipMap(config)
     load_state_dict_into(model, state_dict, url, device=device, dtype=dtype)
     del state_dict
+    model.variant = variant or preset_of(config) or "custom"
     return model.eval()
 
 

@@ -36,7 +36,9 @@ Camera and image sizes. Each pose states (or implies) the image size its intrins
 Depth: ``depth/<image stem>.npy`` (float32 z-depth in metres, 0 or non-finite = no data) for every
 format, when the folder exists; each map must match its image's size.
 
-Every problem raises :class:`errors.InputError` starting with the file's URL and the reason.
+Every problem raises :class:`errors.InputError` starting with the file's URL and the reason, except
+object-store and network faults (timeouts, lost connections, 5xx, throttling), which raise
+:class:`errors.TransientError` (``errors.io_error`` decides) so that a batch retries them.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from errors import InputError
+from errors import InputError, ZipMapError, io_error
 
 from .formats import FrameCamera, PoseFile, parse_cameras_json, parse_colmap, parse_transforms_json
 from .images import DEFAULT_MAX_PIXELS, SWAPS_AXES, decode_image
@@ -108,11 +110,16 @@ class Collection:
 
 
 def _names_in(fs, folder: str) -> set[str] | None:
-    """Entry names directly in ``folder``; None when it does not exist."""
+    """Entry names directly in ``folder``; None when it does not exist. Other failures raise
+    :class:`errors.TransientError` (object-store faults) or :class:`errors.InputError`."""
     try:
         return {posixpath.basename(p.rstrip("/")) for p in fs.ls(folder, detail=False)}
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except ZipMapError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (fsspec backends raise their own types; io_error sorts them)
+        raise io_error(exc, fs.unstrip_protocol(folder), "cannot be listed") from exc
 
 
 def _is_image(name: str) -> bool:
@@ -136,7 +143,7 @@ def _fetch(fs, paths: Sequence[str]) -> Iterator[bytes | Exception]:
     def one(path):
         try:
             return fs.cat_file(path)
-        except (FileNotFoundError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001  (the consumer classifies it: errors.io_error)
             return exc
 
     with ThreadPoolExecutor(max_workers=FETCH_BATCH) as pool:
@@ -150,8 +157,8 @@ def _read_file(fs, path: str, where: str) -> bytes:
         return fs.cat_file(path)
     except FileNotFoundError:
         raise InputError(f"{where}: missing") from None
-    except OSError as exc:
-        raise InputError(f"{where}: cannot be read ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001  (transient object-store faults vs bad input: errors.io_error)
+        raise io_error(exc, where) from exc
 
 
 def pose_file(top: set[str], names_in: Callable[[str], set[str] | None]) -> tuple[str, tuple[str, ...]] | None:
@@ -279,7 +286,7 @@ def _read_depth(fs, root: str, url: str, names: Sequence[str], sizes: Sequence[t
         if isinstance(data, FileNotFoundError):
             raise InputError(f"{where}: missing (the collection has a depth/ folder)")
         if isinstance(data, Exception):
-            raise InputError(f"{where}: cannot be read ({data})")
+            raise io_error(data, where) from data
         try:
             d = np.load(io.BytesIO(data), allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
@@ -307,10 +314,8 @@ def read_collection(url: str, storage_options: Mapping[str, Any] | None = None, 
     names, images, infos, exts, Ks = [], [], [], [], []
     for (rel, frame), data in zip(files, _fetch(fs, [posixpath.join(root, rel) for rel, _ in files])):
         where = f"{url}/{rel}"
-        if isinstance(data, FileNotFoundError):
-            raise InputError(f"{where}: missing")
-        if isinstance(data, Exception):
-            raise InputError(f"{where}: cannot be read ({data})")
+        if isinstance(data, Exception):  # missing or unreadable: InputError; an object-store fault: TransientError
+            raise io_error(data, where) from data
         rgb, info = decode_image(data, where, max_pixels)
         if frame is not None:
             rgb, K, info = _fit_camera(frame, data, rgb, info, where, poses.where, max_pixels)

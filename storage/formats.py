@@ -43,6 +43,7 @@ import fsspec
 import numpy as np
 
 from errors import InputError
+from pose_rules import ORTHONORMAL_TOL, orthonormal_error, rotation_problem
 
 # COLMAP camera models: id -> (name, number of parameters). The first five are read; the others are
 # named only so that a rejection can say which model it met.
@@ -58,7 +59,6 @@ COLMAP_NUM_PARAMS = {name: n for name, n in COLMAP_MODELS.values()}
 NERFSTUDIO_PERSPECTIVE = ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL")
 CAMERAS_JSON_KEYS = ("image", "width", "height", "fx", "fy", "cx", "cy", "world_to_camera")
 GL_FROM_CV = np.diag([1.0, -1.0, -1.0, 1.0])  # flips camera y and z: OpenCV <-> OpenGL/Blender axes
-ROTATION_TOLERANCE = 1e-3  # max |R^T R - I| accepted in a transform_matrix (files round to ~6 digits)
 
 
 @dataclass(frozen=True)
@@ -220,7 +220,7 @@ def parse_transforms_json(data: bytes, where: str) -> PoseFile:
     undo = np.eye(4)  # maps the file's world frame back to the original one: w2c_orig = w2c @ undo
     if "applied_transform" in doc:
         A = matrix(doc["applied_transform"], "applied_transform", where, ((3, 4), (4, 4)))
-        if np.abs(A[:3, :3].T @ A[:3, :3] - np.eye(3)).max() > ROTATION_TOLERANCE:
+        if orthonormal_error(A[:3, :3]) > ORTHONORMAL_TOL:
             raise InputError(f"{where}: applied_transform is not a rotation and translation")
         undo = A
     frames = []
@@ -237,11 +237,9 @@ def parse_transforms_json(data: bytes, where: str) -> PoseFile:
             raise InputError(f"{where}: {label}: unsupported camera_model {model!r} "
                              f"(supported: {', '.join(NERFSTUDIO_PERSPECTIVE)})")
         c2w_gl = matrix(frame["transform_matrix"], f"{label}: transform_matrix", where, ((3, 4), (4, 4)))
-        R = c2w_gl[:3, :3]
-        err = float(np.abs(R.T @ R - np.eye(3)).max())
-        if err > ROTATION_TOLERANCE or np.linalg.det(R) <= 0:
-            raise InputError(f"{where}: {label}: transform_matrix rotation is not a proper rotation "
-                             f"(|R^T R - I| = {err:.2g}, det = {np.linalg.det(R):.3g})")
+        problem = rotation_problem(c2w_gl[:3, :3])
+        if problem:
+            raise InputError(f"{where}: {label}: transform_matrix: {problem}")
         w2c = np.linalg.inv(c2w_gl @ GL_FROM_CV) @ undo
         found = {key: number(merged[key], f"{label}: {key}", where, positive=key not in ("cx", "cy"))
                  for key in ("fl_x", "fl_y", "cx", "cy", "camera_angle_x", "camera_angle_y")

@@ -176,3 +176,33 @@ def decode_image(data: bytes, where: str, max_pixels: int = DEFAULT_MAX_PIXELS, 
             "exif_orientation": orientation, "exif_transposed": transposed, "raw_width": width,
             "raw_height": height}
     return rgb, info
+
+
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def read_photos(paths: list[str], storage_options: dict | None = None) -> tuple[list[str], list[np.ndarray]]:
+    """Loose photos (files, or one folder of them, local or any fsspec URL) decoded by :func:`decode_image`:
+    ``(names, [H, W, 3] uint8 arrays)`` in the given order (a folder: sorted file name)."""
+    import posixpath
+
+    from .urls import filesystem
+
+    if not paths:
+        raise InputError("no images given")
+    fs, first = filesystem(paths[0], storage_options)
+    if len(paths) == 1 and fs.isdir(first):
+        files = sorted(p for p in fs.ls(first, detail=False) if posixpath.splitext(p)[1].lower() in PHOTO_SUFFIXES)
+        if not files:
+            raise InputError(f"{paths[0]}: no image files ({', '.join(PHOTO_SUFFIXES)})")
+        where = [posixpath.join(paths[0].rstrip("/"), posixpath.basename(p)) for p in files]
+    else:
+        files, where = [filesystem(p, storage_options)[1] for p in paths], list(paths)
+    images = []
+    for path, name in zip(files, where):
+        try:
+            data = fs.cat_file(path)
+        except FileNotFoundError:
+            raise InputError(f"{name}: missing") from None
+        images.append(decode_image(data, name)[0])
+    return [posixpath.basename(w) for w in where], images

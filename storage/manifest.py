@@ -31,7 +31,7 @@ from typing import Any
 
 import pandas as pd
 
-from errors import InputError
+from errors import InputError, ZipMapError, io_error
 
 from .collection import IMAGE_EXTENSIONS, pose_file
 from .urls import filesystem, join, redact, safe_id, storage_errors
@@ -129,6 +129,10 @@ def list_collections(prefix: str, storage_options: Mapping[str, Any] | None = No
             found = fs.find(root, withdirs=False, detail=True)
     except (FileNotFoundError, PermissionError) as exc:
         raise InputError(f"{redact(prefix)}: cannot list ({type(exc).__name__}: {exc})") from exc
+    except ZipMapError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (object-store faults -> TransientError, the rest InputError)
+        raise io_error(exc, redact(prefix), "cannot list") from exc
     files: dict[str, set[str]] = {}  # folder -> file names directly inside
     infos: dict[str, Mapping[str, Any]] = {}
     for path, info in found.items():

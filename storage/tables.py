@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from errors import InputError
+from errors import InputError, ZipMapError, io_error
+from pose_rules import orthonormal_error, rotation_det
 
 from .collection import Collection
 from .urls import filesystem, redact, storage_errors
@@ -33,6 +34,10 @@ def read_manifest(url: str, storage_options: Mapping[str, Any] | None = None) ->
             data = fs.cat_file(path)
     except FileNotFoundError:
         raise InputError(f"{redact(url)}: manifest not found") from None
+    except ZipMapError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (object-store faults -> TransientError, the rest InputError)
+        raise io_error(exc, redact(url), "cannot read the manifest") from exc
     ext = posixpath.splitext(path)[1].lower()
     try:
         if ext in (".parquet", ".pq"):
@@ -84,8 +89,7 @@ def image_table(coll: Collection, collection_id: str) -> pd.DataFrame:
             centre = -R.T @ T[:3, 3]
             with np.errstate(invalid="ignore"):
                 row.update(fx=K[0, 0], fy=K[1, 1], cx=K[0, 2], cy=K[1, 2],
-                           rotation_orthonormal_error=float(np.abs(R @ R.T - np.eye(3)).max()),
-                           rotation_det=float(np.linalg.det(R)) if np.isfinite(R).all() else float("nan"),
+                           rotation_orthonormal_error=orthonormal_error(R), rotation_det=rotation_det(R),
                            camera_x=centre[0], camera_y=centre[1], camera_z=centre[2])
         else:
             row.update({k: float("nan") for k in ("fx", "fy", "cx", "cy", "rotation_orthonormal_error",

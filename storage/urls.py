@@ -21,19 +21,54 @@ from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 
-from errors import StorageError
+from errors import StorageError, TransientError
 
 # Keys of storage options that may hold secrets (matched case-insensitively as substrings).
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential", "session")
 
 
+# Object-store retries. Transient faults (timeouts, lost connections, 5xx, throttling) are retried in
+# one place: the batch, per collection, with exponential backoff and jitter (tasks.batch). Below it
+# each S3 request gets botocore's "standard" retries, S3_MAX_ATTEMPTS attempts in all (a few seconds:
+# a lost connection or one SlowDown does not cost a whole collection), and s3fs's own retry loop is
+# cut to one try, so the layers do not multiply into minutes (s3fs 5 x botocore's default 5 attempts,
+# each up to s3fs's 15 s read timeout). AWS_MAX_ATTEMPTS / AWS_RETRY_MODE, or ``config_kwargs``
+# ``retries`` in the storage options, replace the botocore setting.
+S3_MAX_ATTEMPTS = 3
+S3FS_RETRIES = 1
+_S3_SCHEMES = ("s3", "s3a")
+
+
+def fs_options(url: str, storage_options: Mapping[str, Any] | None = None) -> dict:
+    """The fsspec options this package opens ``url`` with: ``storage_options`` plus, for S3, the bounded
+    botocore retries above (unless the options or the environment set them)."""
+    opts = dict(storage_options or {})
+    if urlsplit(str(url)).scheme not in _S3_SCHEMES or os.environ.get("AWS_MAX_ATTEMPTS") \
+            or os.environ.get("AWS_RETRY_MODE"):
+        return opts
+    config = dict(opts.get("config_kwargs") or {})
+    config.setdefault("retries", {"mode": "standard", "max_attempts": S3_MAX_ATTEMPTS})
+    opts["config_kwargs"] = config
+    return opts
+
+
+def bound_retries(fs):
+    """``fs`` with s3fs's internal retry loop cut to :data:`S3FS_RETRIES` (see above); other filesystems as
+    they are."""
+    if "s3" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)) and \
+            getattr(fs, "retries", 0) > S3FS_RETRIES:
+        fs.retries = S3FS_RETRIES
+    return fs
+
+
 def filesystem(url: str, storage_options: Mapping[str, Any] | None = None):
-    """``(fs, path)`` for ``url``; ``path`` has no trailing slash."""
+    """``(fs, path)`` for ``url``; ``path`` has no trailing slash. S3 filesystems get bounded retries
+    (:func:`fs_options`, :func:`bound_retries`)."""
     try:
-        fs, path = fsspec.core.url_to_fs(str(url), **dict(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(str(url), **fs_options(url, storage_options))
     except (ValueError, ImportError) as exc:
         raise StorageError(f"{redact(url)}: cannot open this URL ({exc})") from exc
-    return fs, path.rstrip("/") or "/"
+    return bound_retries(fs), path.rstrip("/") or "/"
 
 
 def join(url: str, *parts: str) -> str:
@@ -88,7 +123,7 @@ def explain_storage_error(url: str, exc: BaseException) -> Exception | None:
     """A clear error for an object-store failure that is the operator's to fix (no credentials, an
     endpoint that does not answer, access denied), naming the URL and what to set; None for others.
     Missing credentials are a :class:`ConfigError` (not retried); an unreachable endpoint a
-    :class:`StorageError` (transient, retried by batches)."""
+    :class:`TransientError` (retried by batches)."""
     from errors import ConfigError
 
     for e in _chain(exc):
@@ -99,8 +134,8 @@ def explain_storage_error(url: str, exc: BaseException) -> Exception | None:
                                "--storage-options")
         if name in _UNREACHABLE or isinstance(e, ConnectionRefusedError):
             endpoint = os.environ.get("AWS_ENDPOINT_URL") or "the default AWS endpoint"
-            return StorageError(f"{redact(url)}: cannot reach the object store ({endpoint}): check "
-                                f"AWS_ENDPOINT_URL and the network ({name}: {redact(text)})")
+            return TransientError(f"{redact(url)}: cannot reach the object store ({endpoint}): check "
+                                  f"AWS_ENDPOINT_URL and the network ({name}: {redact(text)})")
         if name in _DENIED or any(code in text for code in _DENIED):
             return ConfigError(f"{redact(url)}: the object store refused the credentials ({name}: {text}); check "
                                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket's permissions")
@@ -135,5 +170,6 @@ def safe_id(value: str) -> str:
     return cleaned[:200]
 
 
-__all__ = ["filesystem", "join", "is_local", "redact", "public_options", "collection_id_from_url", "safe_id",
+__all__ = ["filesystem", "fs_options", "bound_retries", "join", "is_local", "redact", "public_options",
+           "collection_id_from_url", "safe_id",
            "explain_storage_error", "storage_errors"]

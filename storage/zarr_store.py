@@ -29,9 +29,9 @@ from zarr.codecs import BloscCodec
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore
 
-from errors import StorageError
+from errors import StorageError, ZipMapError, io_error
 
-from .urls import filesystem, is_local, redact
+from .urls import bound_retries, filesystem, fs_options, is_local, redact
 
 STATUS_KEY = "zipmap_status"
 RUN_KEY = "zipmap_run_id"
@@ -65,7 +65,9 @@ def _store(url: str, storage_options: Mapping[str, Any] | None, read_only: bool 
     if is_local(url):
         path = str(url)[len("file://"):] if str(url).startswith("file://") else str(url)
         return LocalStore(path, read_only=read_only)
-    return FsspecStore.from_url(str(url), storage_options=dict(storage_options or {}), read_only=read_only)
+    store = FsspecStore.from_url(str(url), storage_options=fs_options(url, storage_options), read_only=read_only)
+    bound_retries(store.fs)  # S3: bounded internal retries, as storage.urls.filesystem
+    return store
 
 
 def _jsonable(value):
@@ -121,8 +123,10 @@ class ReconstructionStore:
             # update_attributes writes the metadata document once (attrs.update writes it once per key)
             self._root.update_attributes(_jsonable({**attrs, "zipmap_format_version": FORMAT_VERSION,
                                                RUN_KEY: self.run_id, STATUS_KEY: "writing"}))
-        except OSError as exc:
-            raise StorageError(f"{redact(self.url)}: cannot create the output store ({exc})") from exc
+        except ZipMapError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (object-store faults -> TransientError, the rest StorageError)
+            raise io_error(exc, redact(self.url), "cannot create the output store", StorageError) from exc
 
     @property
     def root(self) -> zarr.Group:
@@ -220,8 +224,12 @@ def read_attrs(url: str, storage_options: Mapping[str, Any] | None = None) -> di
         doc = json.loads(fs.cat_file(f"{path}/zarr.json"))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
+    except ZipMapError:
+        raise
+    except ValueError as exc:
         raise StorageError(f"{redact(url)}: unreadable zarr.json ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001  (object-store faults -> TransientError, the rest StorageError)
+        raise io_error(exc, f"{redact(url)}/zarr.json", "unreadable", StorageError) from exc
     return dict(doc.get("attributes") or {})
 
 

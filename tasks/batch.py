@@ -7,56 +7,49 @@ through Prefect or the Dask scheduler. Per collection:
    idempotent);
 2. read it, build its per-image table and validate that (Great Expectations suite ``images``):
    failing input is not reconstructed and its row says why;
-3. reconstruct it (``flows.reconstruct.run_reconstruction`` stages, the model loaded once per worker
+3. reconstruct it (the stages of ``tasks.stages``, the model loaded once per worker
    process), validating the output summary (suite ``output``) before the store is marked complete —
    a failing output is marked failed, never complete.
 
 Bad input (:class:`errors.InputError`, :class:`errors.PoseCheckError`, validation failures) ends
-the task with a ``failed`` row and is never retried; transient errors (object-store I/O, a lost
-connection) raise, and Prefect retries them with exponential backoff.
+the collection with a ``failed`` row and is never retried. Transient faults (:func:`errors.is_transient`:
+object-store and network timeouts, lost or refused connections, HTTP 5xx, throttling, a checkpoint URL
+that does not answer) are retried here, and only here: :func:`reconstruct_one` runs the collection
+again after an exponential backoff with jitter, for at most ``ZIPMAP_RETRY_ATTEMPTS`` attempts (default
+6) and ``ZIPMAP_RETRY_PATIENCE`` seconds of waiting in all (default 60: enough to ride out an
+object-store outage of tens of seconds); below it each S3 request has only botocore's few quick
+retries (``storage.urls.fs_options``). A collection still failing then gets a ``failed`` row.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import random
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.tasks import exponential_backoff
 
-from errors import InputError, PoseCheckError, StorageError, ZipMapError
+from errors import InputError, PoseCheckError, ZipMapError, is_transient
 from storage.collection import Collection
 from storage.tables import image_table
 from storage.urls import join, redact
 from storage.zarr_store import read_attrs, read_status
+from settings import ReconstructionSettings
 from validation import validate_images, validate_output
 
-from .reconstruct import run_reconstruction
+from .stages import STAGE_NAMES, run_reconstruction
 
-TRANSIENT = (StorageError, ConnectionError, TimeoutError, OSError)
-STAGES = ("read", "check_poses", "zip_pass", "place_in_world", "plan_volume", "write_views", "decode_volume",
-          "finalize")
+STAGES = STAGE_NAMES  # the summary's t_* columns, one per stage of the sequence
 
 
 class ValidationFailed(ZipMapError, ValueError):
     """A Great Expectations suite failed on a collection's input or output."""
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Worth retrying: I/O and connection trouble, never bad input."""
-    return isinstance(exc, TRANSIENT) and not isinstance(exc, (InputError, PoseCheckError, ValueError))
-
-
-def _retry_transient(task, task_run, state) -> bool:
-    try:
-        state.result()
-    except Exception as exc:  # noqa: BLE001
-        return is_transient(exc)
-    return False
 
 
 def output_row(summary: dict) -> dict:
@@ -69,39 +62,53 @@ def output_row(summary: dict) -> dict:
             "camera_to_volume_distance": vol["camera_to_volume_distance"], "num_views": summary["num_views"]}
 
 
-def check_output(summary: dict) -> None:
+def check_output(summary: dict, record: list[dict] | None = None) -> None:
+    """Suite ``output`` on a reconstruction summary; raise :class:`ValidationFailed` if it fails. ``record``
+    collects the outcome (compact, see ``ValidationOutcome.compact``) for the run's report."""
     outcome = validate_output(pd.DataFrame([output_row(summary)]))
+    if record is not None:
+        record.append(outcome.compact())
     if not outcome.success:
         raise ValidationFailed(f"{summary['output']}: output validation failed: " + "; ".join(outcome.failures))
 
 
-def check_images(coll: Collection, collection_id: str) -> None:
+def check_images(coll: Collection, collection_id: str, record: list[dict] | None = None) -> None:
+    """Suite ``images`` on a collection's per-image table; like :func:`check_output`."""
     outcome = validate_images(image_table(coll, collection_id))
+    if record is not None:
+        record.append(outcome.compact())
     if not outcome.success:
         raise ValidationFailed(f"{redact(coll.url)}: input validation failed: " + "; ".join(outcome.failures))
 
 
-def completed_summary(url: str, storage_options: dict | None) -> dict | None:
-    """The stored summary of a complete output that still passes the output validation, else None."""
+def completed_summary(url: str, storage_options: dict | None, record: list[dict] | None = None) -> dict | None:
+    """The stored summary of a complete output that still passes the output validation, else None
+    (``record``: as for :func:`check_output`)."""
     try:
         if read_status(url, storage_options) != "complete":
             return None
         summary = (read_attrs(url, storage_options) or {}).get("summary")
         if not summary:
             return None
-        check_output(summary)
+        check_output(summary, record)
         return summary
-    except (ZipMapError, KeyError, TypeError):
+    except (ZipMapError, KeyError, TypeError) as exc:
+        if is_transient(exc):  # the store could not be read now: retry, do not recompute over it
+            raise
         return None
 
 
 def summary_row(collection_id: str, source: str, status: str, reason: str = "", summary: dict | None = None,
-                output: str = "", seconds: float = 0.0, started: float = float("nan")) -> dict[str, Any]:
-    """One row of the run summary: id, status, reason, start (epoch s), timings per stage, metrics, output URL."""
+                output: str = "", seconds: float = 0.0, started: float = float("nan"),
+                validations: list[dict] | None = None) -> dict[str, Any]:
+    """One row of the run summary: id, status, reason, start (epoch s; the flow stores it as a UTC timestamp),
+    timings per stage (NaN for a skipped collection: nothing ran), metrics, output URL, and ``validations``:
+    the compact outcomes of the suites that ran on it (``images``, ``output``), which the flow takes out of the
+    row for its report."""
     row: dict[str, Any] = {"collection_id": collection_id, "source": redact(source), "status": status,
                            "reason": reason, "output": redact(output), "started": started,
-                           "seconds": round(seconds, 3)}
-    timings = (summary or {}).get("timings", {})
+                           "seconds": round(seconds, 3), "validations": list(validations or [])}
+    timings = {} if status == "skipped" else (summary or {}).get("timings", {})
     for stage in STAGES:
         row[f"t_{stage}"] = float(timings.get(stage, np.nan))
     vol, views = (summary or {}).get("volume", {}), (summary or {}).get("views", {})
@@ -118,54 +125,105 @@ def _process(collection_id: str, source: str, out: str, params: dict | None, sto
              run_id: str | None) -> dict:
     t0, started = time.perf_counter(), time.time()
     url = join(out, f"{collection_id}.zarr")
-    done = completed_summary(url, storage_options)
+    checks: list[dict] = []  # the suites that ran, compact, for the run's report
+    done = completed_summary(url, storage_options, checks)
     if done is not None:
-        return summary_row(collection_id, source, "skipped", summary=done, output=url, started=started)
+        return summary_row(collection_id, source, "skipped", summary=done, output=url, started=started,
+                           validations=checks)
+    checks.clear()  # a stale output that failed its check is reconstructed (and checked) again
     try:
-        summary = run_reconstruction(source, out, collection_id, storage_options=storage_options, run_id=run_id,
-                                     validate_inputs=check_images, validate_outputs=check_output,
-                                     **(params or {}))
+        summary = run_reconstruction(source, out, ReconstructionSettings.from_dict(params), collection_id,
+                                     storage_options=storage_options, run_id=run_id,
+                                     validate_inputs=partial(check_images, record=checks),
+                                     validate_outputs=partial(check_output, record=checks))
     except (InputError, PoseCheckError, ValidationFailed) as exc:
         return summary_row(collection_id, source, "failed", str(exc), seconds=time.perf_counter() - t0,
-                           started=started)
+                           started=started, validations=checks)
     except ZipMapError as exc:
         if is_transient(exc):
             raise
         return summary_row(collection_id, source, "failed", str(exc), seconds=time.perf_counter() - t0,
-                           started=started)
+                           started=started, validations=checks)
     return summary_row(collection_id, source, "complete", summary=summary, output=url,
-                       seconds=time.perf_counter() - t0, started=started)
+                       seconds=time.perf_counter() - t0, started=started, validations=checks)
+
+
+logger = logging.getLogger(__name__)
+
+RETRY_ATTEMPTS = 6  # ZIPMAP_RETRY_ATTEMPTS: tries per collection for transient faults, the first included
+RETRY_BACKOFF_S = 2.0  # ZIPMAP_RETRY_BACKOFF: the first wait; each next one doubles (x0.5-1.5 jitter)
+RETRY_PATIENCE_S = 60.0  # ZIPMAP_RETRY_PATIENCE: seconds of waiting in all, at most
+
+
+def retry_policy(attempts: int | None = None, backoff_s: float | None = None,
+                 patience_s: float | None = None) -> tuple[int, float, float]:
+    """``(attempts, backoff_s, patience_s)``: the arguments given, else ``ZIPMAP_RETRY_ATTEMPTS``,
+    ``ZIPMAP_RETRY_BACKOFF``, ``ZIPMAP_RETRY_PATIENCE`` (read on the worker), else the defaults above."""
+    def pick(value, env, default, kind):
+        if value is not None:
+            return kind(value)
+        raw = os.environ.get(env, "").strip()
+        try:
+            return kind(raw) if raw else default
+        except ValueError:
+            logger.warning("%s=%r is not a number; using %s", env, raw, default)
+            return default
+
+    return (max(1, pick(attempts, "ZIPMAP_RETRY_ATTEMPTS", RETRY_ATTEMPTS, int)),
+            max(0.0, pick(backoff_s, "ZIPMAP_RETRY_BACKOFF", RETRY_BACKOFF_S, float)),
+            max(0.0, pick(patience_s, "ZIPMAP_RETRY_PATIENCE", RETRY_PATIENCE_S, float)))
 
 
 def reconstruct_one(collection_id: str, source: str, out: str, params: dict | None = None,
-                    storage_options: dict | None = None, run_id: str | None = None, attempts: int = 3,
-                    backoff_s: float = 2.0) -> dict:
-    """One collection -> its summary row; transient errors are retried with exponential backoff and
-    jitter, anything else ends in a ``failed`` row (one collection never takes others down)."""
-    for attempt in range(attempts):
-        t0 = time.perf_counter()
+                    storage_options: dict | None = None, run_id: str | None = None, attempts: int | None = None,
+                    backoff_s: float | None = None, patience_s: float | None = None) -> dict:
+    """One collection -> its summary row; anything but a transient fault ends in a ``failed`` row at once
+    (one collection never takes others down).
+
+    This is the pipeline's one retry of transient faults (:func:`errors.is_transient`): after the k-th
+    failed attempt it waits ``backoff_s * 2**(k-1)`` seconds times a random factor in [0.5, 1.5), for at
+    most ``attempts`` attempts and ``patience_s`` seconds of waiting in all (:func:`retry_policy`); each
+    retry is logged. A rerun skips an output already complete, so a retry never redoes finished work."""
+    attempts, backoff_s, patience_s = retry_policy(attempts, backoff_s, patience_s)
+    waited, t_first = 0.0, time.perf_counter()
+    for attempt in range(1, attempts + 1):
         try:
             return _process(collection_id, source, out, params, storage_options, run_id)
         except Exception as exc:  # noqa: BLE001
-            if is_transient(exc) and attempt + 1 < attempts:
-                time.sleep(backoff_s * 2 ** attempt * (0.5 + random.random()))
+            transient = is_transient(exc)
+            delay = min(backoff_s * 2 ** (attempt - 1) * (0.5 + random.random()), patience_s - waited)
+            if transient and attempt < attempts and delay > 0:
+                logger.warning("%s: transient fault on attempt %d of %d, retrying in %.1f s: %s: %s", collection_id,
+                               attempt, attempts, delay, type(exc).__name__, exc)
+                time.sleep(delay)
+                waited += delay
                 continue
-            tried = f" (after {attempt + 1} attempts)" if is_transient(exc) else ""
+            tried = f" (after {attempt} attempts in {time.perf_counter() - t_first:.0f} s)" if transient else ""
             return summary_row(collection_id, source, "failed", f"{type(exc).__name__}: {exc}{tried}",
-                               seconds=time.perf_counter() - t0)
+                               seconds=time.perf_counter() - t_first)
     raise AssertionError("unreachable")
 
 
-@task(name="reconstruct-collection", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2),
-      retry_jitter_factor=0.5, retry_condition_fn=_retry_transient, cache_policy=NO_CACHE)
-def process_collection(collection_id: str, source: str, out: str, params: dict | None = None,
-                       storage_options: dict | None = None, run_id: str | None = None) -> dict:
-    """One collection of a batch -> its summary row (``complete``, ``failed`` or ``skipped``); transient
-    errors raise and Prefect retries them."""
-    return _process(collection_id, source, out, params, storage_options, run_id)
+MAX_RUN_NAME = 100  # characters of a task run name listing collection ids
 
 
-@task(name="reconstruct-collections", cache_policy=NO_CACHE)
+def collections_run_name(parameters: dict) -> str:
+    """The task run name of a group of collections: their ids (``c0, c1, c2``); a long list is cut after a few
+    ids and says how many there are (``c0, c1, c2, ... c49 (50 collections)``)."""
+    ids = [str(item[0]) for item in parameters.get("items") or ()]
+    name = ", ".join(ids)
+    if len(name) <= MAX_RUN_NAME or len(ids) == 1:
+        return name or "no collections"
+    tail = f" ... {ids[-1][:40]} ({len(ids)} collections)"
+    head = []
+    for cid in ids[:-1]:
+        if len(", ".join([*head, cid])) + len(tail) > MAX_RUN_NAME:
+            break
+        head.append(cid)
+    return (", ".join(head) or ids[0][:40]) + tail
+
+
+@task(name="reconstruct-collections", cache_policy=NO_CACHE, task_run_name=collections_run_name)
 def process_collections(items: list[tuple[str, str]], out: str, params: dict | None = None,
                         storage_options: dict | None = None, run_id: str | None = None) -> list[dict]:
     """Several collections in one task (fewer Prefect and Dask round trips per collection): one row each.
@@ -173,5 +231,6 @@ def process_collections(items: list[tuple[str, str]], out: str, params: dict | N
     return [reconstruct_one(cid, src, out, params, storage_options, run_id) for cid, src in items]
 
 
-__all__ = ["process_collection", "process_collections", "reconstruct_one", "summary_row", "output_row",
-           "check_output", "check_images", "completed_summary", "is_transient", "ValidationFailed", "STAGES"]
+__all__ = ["process_collections", "reconstruct_one", "retry_policy", "summary_row", "output_row",
+           "check_output", "check_images", "completed_summary", "is_transient", "ValidationFailed", "STAGES",
+           "collections_run_name"]

@@ -38,8 +38,9 @@ def render_held_out(out: str, per_kind: int = 1, frames: int = 16, height: int =
 def evaluate_model(weights: str, collections: list[str], report_path: str) -> str:
     from model.evaluation.evaluate import evaluate, write_report
     from model.weights import load_zipmap
+    from storage.collection import read_collection
 
-    report = evaluate(load_zipmap(weights), collections)
+    report = evaluate(load_zipmap(weights), (read_collection(url) for url in collections))
     report["weights"] = weights
     write_report(report, report_path)
     return report_path

@@ -4,16 +4,22 @@ Both take ``(section name, ValidationOutcome)`` pairs and return a string; the c
 disk, S3, a Prefect markdown artifact). Each section lists its failure and warning lines, then one table
 row per expectation, failed ones first. The output depends only on the outcomes (no clock, no paths), so
 reruns on the same data give byte-identical reports.
+
+A batch report has one section per suite that ran: the manifest's, then each collection's ``images`` and
+``output`` suites in their compact form (``ValidationOutcome.compact``: no per-expectation table; a passing
+one appears only in the summary table), and the batch's summary rows, whose failures also make the result
+FAILED.
 """
 
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .suites import ValidationOutcome
 
 Sections = Sequence[tuple[str, ValidationOutcome]]
+Rows = Sequence[Mapping]  # a batch's summary rows: collection_id, status, reason
 _RANK = {"FAILED": 0, "WARNING": 1, "passed": 2}
 
 
@@ -60,22 +66,39 @@ def _rows(outcome: ValidationOutcome) -> list[tuple[str, str, str, str, str]]:
             for _, e in ranked]
 
 
-def _totals(sections: Sections) -> tuple[str, str]:
+def _totals(sections: Sections, collections: Rows | None = None) -> tuple[str, str]:
+    """The overall result (FAILED when any validation or any collection failed) and the counts behind it."""
     passed = sum(o.success for _, o in sections)
     failures = sum(len(o.failures) for _, o in sections)
     warnings = sum(len(o.warnings) for _, o in sections)
-    overall = "PASSED" if passed == len(sections) else "FAILED"
-    return overall, (f"{passed} of {len(sections)} validations passed; {failures} failure(s), "
-                     f"{warnings} warning(s)")
+    failed_rows = sum(r.get("status") == "failed" for r in collections or ())
+    overall = "PASSED" if passed == len(sections) and not failed_rows else "FAILED"
+    totals = f"{passed} of {len(sections)} validations passed; {failures} failure(s), {warnings} warning(s)"
+    if collections is not None:
+        totals += f"; {failed_rows} of {len(collections)} collection(s) failed"
+    return overall, totals
+
+
+def _label(name: str, o: ValidationOutcome) -> str:
+    """A section's heading: its name, plus the suite when the name does not say it (``c2 images``)."""
+    return name if o.suite in name.split() else f"{name} {o.suite}"
+
+
+def _detailed(o: ValidationOutcome) -> bool:
+    """Whether a section gets its own part: always with per-expectation results; a compact outcome (no results,
+    see ``ValidationOutcome.compact``) only when it has failure or warning lines."""
+    return bool(o.results or o.failures or o.warnings or not o.success)
 
 
 def _cell(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
-def render_report(sections: Sections, title: str) -> str:
-    """A Markdown report: the title and overall result, a summary table, then one part per section."""
-    overall, totals = _totals(sections)
+def render_report(sections: Sections, title: str, collections: Rows | None = None) -> str:
+    """A Markdown report: the title and overall result, a summary table, then one part per section (compact
+    sections that passed cleanly have none), then, given a batch's ``collections`` (summary rows), one line
+    per collection. The result is FAILED when any validation failed or any collection's status is ``failed``."""
+    overall, totals = _totals(sections, collections)
     out = [f"# {title}", "", f"**Result: {overall}** ({totals})", ""]
     if sections:
         out += ["| section | suite | result | expectations | failed | warnings |", "|---|---|---|---|---|---|"]
@@ -85,21 +108,29 @@ def render_report(sections: Sections, title: str) -> str:
                        f"{stats.get('evaluated', len(o.results))} | {len(o.failures)} | {len(o.warnings)} |")
         out.append("")
     for name, o in sections:
-        out += [f"## {name}: {'passed' if o.success else 'FAILED'}", ""]
+        if not _detailed(o):
+            continue
+        out += [f"## {_label(name, o)}: {'passed' if o.success else 'FAILED'}", ""]
         if o.failures:
             out += ["Failures:", ""] + [f"- {line}" for line in o.failures] + [""]
         if o.warnings:
             out += ["Warnings:", ""] + [f"- {line}" for line in o.warnings] + [""]
-        out += ["| result | expectation | column | observed | unexpected |", "|---|---|---|---|---|"]
-        out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in _rows(o)]
+        if o.results:
+            out += ["| result | expectation | column | observed | unexpected |", "|---|---|---|---|---|"]
+            out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in _rows(o)]
+            out.append("")
+    if collections is not None:
+        out += ["## Collections", "", "| collection_id | status | reason |", "|---|---|---|"]
+        out += [f"| {_cell(str(r.get('collection_id') or ''))} | {r.get('status', '')} | "
+                f"{_cell(str(r.get('reason') or ''))} |" for r in collections]
         out.append("")
     return "\n".join(out)
 
 
-def render_html(sections: Sections, title: str) -> str:
+def render_html(sections: Sections, title: str, collections: Rows | None = None) -> str:
     """The same report as a standalone HTML page (no scripts, no external resources)."""
     e = html.escape
-    overall, totals = _totals(sections)
+    overall, totals = _totals(sections, collections)
     out = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8">', f"<title>{e(title)}</title>",
            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
            "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top}"
@@ -108,16 +139,27 @@ def render_html(sections: Sections, title: str) -> str:
            f'<p>Result: <span class="{"passed" if overall == "PASSED" else "FAILED"}">{overall}</span> '
            f"({e(totals)})</p>"]
     for name, o in sections:
+        if not _detailed(o):
+            continue
         result = "passed" if o.success else "FAILED"
-        out.append(f'<h2>{e(name)}: <span class="{result}">{result}</span></h2>')
+        out.append(f'<h2>{e(_label(name, o))}: <span class="{result}">{result}</span></h2>')
         for label, lines in (("Failures", o.failures), ("Warnings", o.warnings)):
             if lines:
                 out.append(f"<p>{label}:</p><ul>" + "".join(f"<li>{e(line)}</li>" for line in lines) + "</ul>")
-        out.append("<table><tr><th>result</th><th>expectation</th><th>column</th><th>observed</th>"
-                   "<th>unexpected</th></tr>")
-        for status, *cells in _rows(o):
-            out.append(f'<tr><td class="{status}">{status}</td>' + "".join(f"<td>{e(c)}</td>" for c in cells)
-                       + "</tr>")
+        if o.results:
+            out.append("<table><tr><th>result</th><th>expectation</th><th>column</th><th>observed</th>"
+                       "<th>unexpected</th></tr>")
+            for status, *cells in _rows(o):
+                out.append(f'<tr><td class="{status}">{status}</td>' + "".join(f"<td>{e(c)}</td>" for c in cells)
+                           + "</tr>")
+            out.append("</table>")
+    if collections is not None:
+        out.append("<h2>Collections</h2><table><tr><th>collection_id</th><th>status</th><th>reason</th></tr>")
+        for r in collections:
+            status = str(r.get("status", ""))
+            css = ' class="FAILED"' if status == "failed" else ""
+            out.append(f"<tr><td>{e(str(r.get('collection_id') or ''))}</td><td{css}>{e(status)}</td>"
+                       f"<td>{e(str(r.get('reason') or ''))}</td></tr>")
         out.append("</table>")
     out.append("</body></html>")
     return "\n".join(out)

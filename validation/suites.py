@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pose_rules import ORTHONORMAL_TOL
+
 SAFE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z"  # \Z, not $: "$" would accept a trailing newline
 SAFE_ID_RULE = "1-200 letters, digits, '.', '_' or '-', starting with a letter or digit"
 MANIFEST_COLUMNS = ("collection_id", "source")
@@ -48,7 +50,6 @@ MANIFEST_COLUMNS = ("collection_id", "source")
 IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "TIFF", "WEBP", "BMP")
 MIN_SIDE, MAX_SIDE = 16, 65536  # pixels
 MIN_IMAGES = 2
-ORTHONORMAL_TOL = 1e-3  # max |R R^T - I|
 DET_TOL = 1e-3  # |det R - 1|
 POSE_COLUMNS = ("fx", "fy", "cx", "cy", "rotation_orthonormal_error", "rotation_det",
                 "camera_x", "camera_y", "camera_z")
@@ -85,6 +86,19 @@ class ValidationOutcome:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def compact(self) -> dict:
+        """The outcome without its per-expectation ``results``: small and JSON-friendly, for carrying one per
+        collection and suite back from a worker (the failure and warning lines say what failed)."""
+        return {"suite": self.suite, "success": bool(self.success), "failures": list(self.failures),
+                "warnings": list(self.warnings), "statistics": dict(self.statistics)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ValidationOutcome:
+        """Back from :meth:`to_dict` or :meth:`compact`."""
+        return cls(suite=data["suite"], success=bool(data["success"]), failures=list(data.get("failures") or []),
+                   warnings=list(data.get("warnings") or []), results=list(data.get("results") or []),
+                   statistics=dict(data.get("statistics") or {}))
 
 
 # --- the suites ------------------------------------------------------------------------------------------------

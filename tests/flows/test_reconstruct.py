@@ -13,11 +13,18 @@ import xarray as xr
 import zarr
 
 from errors import ConfigError, InputError, PoseCheckError, StorageError
-from flows.reconstruct import run_reconstruction
+from settings import ReconstructionSettings
+from tasks.stages import run_reconstruction
 from model.synthetic import write_collection
 from storage.zarr_store import open_reconstruction, read_attrs, read_status
 
 FRAMES, H, W = 8, 84, 126
+
+
+def reconstruct(src, out, storage_options=None, **settings):
+    """One collection through the stage sequence with the given settings (validated first, as at every entry)."""
+    return run_reconstruction(src, out, ReconstructionSettings(**settings), storage_options=storage_options)
+
 VIEW_VARS = {"depth", "depth_conf", "image", "world_points", "intrinsics", "world_to_camera",
              "predicted_world_to_camera", "rotation_error", "position_error", "pose_flagged", "image_name"}
 
@@ -30,7 +37,7 @@ def street(tmp_path_factory):
 @pytest.fixture(scope="module")
 def done(street, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
-    summary = run_reconstruction(street, str(out), max_voxels=48)
+    summary = reconstruct(street, str(out), max_voxels=48)
     return out, summary
 
 
@@ -91,7 +98,7 @@ def test_s3_in_and_out(s3_bucket, tmp_path):
     bucket, opts = s3_bucket
     src = write_collection(f"s3://{bucket}/in/block-9", 1_000_003, "orbit", 6, 56, 84, storage_options=opts)
     opts_with_secret = {**opts, "secret": "testing"}
-    summary = run_reconstruction(src, f"s3://{bucket}/out", max_voxels=32, storage_options=opts_with_secret)
+    summary = reconstruct(src, f"s3://{bucket}/out", max_voxels=32, storage_options=opts_with_secret)
     url = f"s3://{bucket}/out/block-9.zarr"
     assert summary["output"] == url and read_status(url, opts) == "complete"
     tree = xr.open_datatree(url, engine="zarr", storage_options=opts)
@@ -111,9 +118,9 @@ def test_images_only_mixed_sizes_no_poses(tmp_path):
         if i % 2:
             im = im.resize((96, 64))  # another size and a slightly different aspect ratio
         im.save(plain / "images" / f"{i:03d}.jpg")
-    summary = run_reconstruction(str(plain), str(tmp_path / "out"), max_voxels=24)
+    summary = reconstruct(str(plain), str(tmp_path / "out"), max_voxels=24)
     assert summary["status"] == "complete" and not summary["metric_scale"] and summary["units"] == "1"
-    # no poses given: the predicted ones are refined fully (refine="auto"), pair by pair
+    # no poses given: the predicted ones are refined fully (refine_poses="auto"), pair by pair
     assert "refine_poses" in summary["timings"] and summary["pose_refinement"]["pairs"] == 3
     assert summary["pose_refinement"]["steps_per_level"] == [12, 12, 12, 12]
     tree = open_reconstruction(str(tmp_path / "out" / "plain.zarr"))
@@ -122,23 +129,23 @@ def test_images_only_mixed_sizes_no_poses(tmp_path):
 
 
 def test_pose_refinement_modes(done, street, tmp_path):
-    _, summary = done  # given poses, refine="auto": the coarse refinement, enough for the scale and report
+    _, summary = done  # given poses, refine_poses="auto": the coarse refinement, enough for the scale and report
     coarse = summary["pose_refinement"]
     assert coarse["steps_per_level"] == [12, 12, 6, 0] and coarse["pairs"] == FRAMES - 1
     assert "refine_poses" in summary["timings"]
-    full = run_reconstruction(street, str(tmp_path / "on"), max_voxels=16, refine="on")
+    full = reconstruct(street, str(tmp_path / "on"), max_voxels=16, refine_poses="on")
     assert full["pose_refinement"]["steps_per_level"] == [12, 12, 12, 12] and full["status"] == "complete"
-    off = run_reconstruction(street, str(tmp_path / "off"), max_voxels=16, refine="off")
+    off = reconstruct(street, str(tmp_path / "off"), max_voxels=16, refine_poses="off")
     assert off["pose_refinement"] is None and "refine_poses" not in off["timings"]
     # the refined predictions are what the pose report compares with the given cameras
     assert off["pose_checks"]["alignment"] != full["pose_checks"]["alignment"]
     with pytest.raises(ConfigError, match="pose refinement must be one of"):
-        run_reconstruction(street, str(tmp_path / "bad"), refine="sometimes")
+        reconstruct(street, str(tmp_path / "bad"), refine_poses="sometimes")
     assert not (tmp_path / "bad").exists()
 
 
 def test_streaming_when_too_large(street, tmp_path):
-    summary = run_reconstruction(street, str(tmp_path), max_voxels=16, max_offline_frames=4)
+    summary = reconstruct(street, str(tmp_path), max_voxels=16, max_offline_frames=4)
     assert summary["zip_mode"] == "streaming (window 4)" and summary["status"] == "complete"
 
 
@@ -152,7 +159,7 @@ def test_georeferenced_keeps_full_precision(tmp_path):
         f["world_to_camera"] = T.tolist()
     doc["crs"] = "EPSG:32633"
     (src / "cameras.json").write_text(json.dumps(doc))
-    summary = run_reconstruction(str(src), str(tmp_path / "out"), max_voxels=24)
+    summary = reconstruct(str(src), str(tmp_path / "out"), max_voxels=24)
     tree = open_reconstruction(str(tmp_path / "out" / "utm.zarr"))
     origin = np.array(summary["origin"])
     assert np.abs(origin - offset).max() < 100 and origin.dtype == np.float64
@@ -185,7 +192,7 @@ def test_convention_mixup_is_named_and_nothing_is_written(tmp_path, mixup, name)
     src = Path(write_collection(str(tmp_path / "mixed"), 1_000_000, "street", FRAMES, H, W))
     mixup(src)
     with pytest.raises(PoseCheckError, match=f"mixed/cameras.json: the cameras do not look at the scene.*{name}"):
-        run_reconstruction(str(src), str(tmp_path / "out"), max_voxels=16)
+        reconstruct(str(src), str(tmp_path / "out"), max_voxels=16)
     assert not (tmp_path / "out" / "mixed.zarr").exists()
 
 
@@ -198,19 +205,19 @@ def test_bad_input_keeps_the_earlier_output(done, street, tmp_path):
     shutil.copytree(street, copy)
     (copy / "images" / "003.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     with pytest.raises(InputError, match="003.png"):
-        run_reconstruction(str(copy), str(out))
+        reconstruct(str(copy), str(out))
     assert read_status(str(out / "street-1.zarr")) == "complete"
 
 
 def test_bad_voxel_size_fails_before_writing(street, tmp_path):
     with pytest.raises(ValueError, match="voxel"):
-        run_reconstruction(street, str(tmp_path), voxel_size=1e-4)  # far too many voxels
+        reconstruct(street, str(tmp_path), voxel_size=1e-4)  # far too many voxels
     assert not (tmp_path / "street-1.zarr").exists()
 
 
 def test_failure_after_writing_began_is_marked_failed(street, tmp_path, monkeypatch):
     """A fault in the middle of the volume (injected into the real run) leaves a store marked failed."""
-    import tasks.reconstruct as stages
+    import tasks.stages as stages
 
     real, calls = stages.fusion._fuse_region, []  # one call per chunk of the volume
 
@@ -222,7 +229,7 @@ def test_failure_after_writing_began_is_marked_failed(street, tmp_path, monkeypa
 
     monkeypatch.setattr(stages.fusion, "_fuse_region", failing)
     with pytest.raises(RuntimeError, match="device lost"):
-        run_reconstruction(street, str(tmp_path), max_voxels=80)  # 2 x 2 x 2 chunks of 64
+        reconstruct(street, str(tmp_path), max_voxels=80)  # 2 x 2 x 2 chunks of 64
     url = str(tmp_path / "street-1.zarr")
     assert read_status(url) == "failed" and "device lost" in read_attrs(url)["zipmap_error"]
     with pytest.raises(StorageError, match="not a complete reconstruction"):

@@ -1,14 +1,12 @@
-"""Photos -> predictions: image preprocessing and the predict command."""
+"""Photos -> predictions: ``zipmap predict`` through the storage decoder and the one inference path."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from errors import InputError
+from cli import main
 from model import ZipMap, get_config
-from model.images import image_files, load_images, preprocess
-from model.predict import main
 from model.weights import save_checkpoint
 
 
@@ -18,36 +16,45 @@ def _photo(path, size=(300, 200), seed=0):
     return path
 
 
-def test_preprocess_sizes():
-    assert preprocess(Image.new("RGB", (1024, 768))).shape == (3, 392, 518)
-    assert preprocess(Image.new("L", (400, 900)), width=518).shape == (3, 518, 518)  # portrait: centre crop
-    x = preprocess(Image.new("RGB", (64, 64), (255, 0, 0)), width=28)
-    assert x.shape == (3, 28, 28) and x[0].min() == 1 and x[1].max() == 0
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    return save_checkpoint(ZipMap(get_config("tiny")), str(tmp_path / "tiny.safetensors"))
 
 
-def test_bad_image_is_named(tmp_path):
-    good = _photo(tmp_path / "a.png")
-    bad = tmp_path / "b.jpg"
-    bad.write_bytes(b"\xff\xd8 truncated")
-    with pytest.raises(InputError, match="b.jpg: not a readable image"):
-        load_images([good, bad])
-    (tmp_path / "notes.txt").write_text("x")
-    assert image_files(tmp_path) == [good, bad]
-
-
-def test_predict_command(tmp_path):
+def test_predict_command(tmp_path, tiny_checkpoint):
     folder = tmp_path / "photos"
     folder.mkdir()
     for i in range(3):
         _photo(folder / f"{i:03d}.png", seed=i)
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(ZipMap(get_config("tiny")), str(tmp_path / "tiny.safetensors"))
+    (folder / "notes.txt").write_text("not a photo")
     out = tmp_path / "pred.npz"
-    assert main(["--checkpoint", ckpt, "--images", str(folder), "--out", str(out)]) == 0
+    assert main(["predict", "--weights", tiny_checkpoint, "--images", str(folder), "--out", str(out)]) == 0
     pred = np.load(out)
-    S, H, W = 3, 350, 518
+    S, H, W = 3, 42, 56  # tiny: 56 px wide (its img_size), 2:3 aspect -> 37.3 rows -> 42 (multiple of 14)
     assert pred["images"].shape == (S, 3, H, W)
     assert pred["depth"].shape == (S, H, W) and pred["depth_conf"].shape == (S, H, W)
     assert pred["local_points"].shape == pred["world_points"].shape == (S, H, W, 3)
     assert pred["cam_from_world"].shape == (S, 3, 4) and pred["intrinsics"].shape == (S, 3, 3)
     np.testing.assert_allclose(pred["intrinsics"][:, 0, 2], W / 2)
+    # --checkpoint is the same option
+    assert main(["predict", "--checkpoint", tiny_checkpoint, "--images", str(folder / "000.png"),
+                 "--out", str(tmp_path / "one.npz")]) == 0
+    assert np.load(tmp_path / "one.npz")["depth"].shape == (1, H, W)
+
+
+def test_bad_image_is_named(tmp_path, tiny_checkpoint, capsys):
+    good = _photo(tmp_path / "a.png")
+    bad = tmp_path / "b.jpg"
+    bad.write_bytes(b"\xff\xd8 truncated")
+    assert main(["predict", "--weights", tiny_checkpoint, "--images", str(good), str(bad),
+                 "--out", str(tmp_path / "x.npz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "b.jpg" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_old_module_command_points_to_the_new_one(capsys):
+    from model.predict import main as old_main
+
+    assert old_main([]) == 2 and "zipmap predict" in capsys.readouterr().err

@@ -15,8 +15,9 @@ from model.evaluation.metrics import nearest_distances
 from model.geometry import world_points_from_depth
 from model.synthetic import generate_sample
 from storage.zarr_store import ReconstructionStore, open_reconstruction
-from tasks.pose_checks import PoseCheckReport
-from tasks.reconstruct import Scene, _with_origin, decode_volume, plan_volume
+from model.placement import Scene, plan_volume, with_origin
+from model.pose_checks import PoseCheckReport
+from tasks.stages import decode_volume
 
 
 @pytest.mark.parametrize("kind, origin", [("orbit", (0.0, 0.0, 0.0)), ("street", (512_345.0, 5_412_345.0, 312.0))])
@@ -30,10 +31,10 @@ def test_tsdf_zero_level_on_the_true_surface(tmp_path, kind, origin):
                   depth=depth, depth_conf=np.ones_like(depth), cam_from_world=world, predicted_cam_from_world=world,
                   intrinsics=sample["intrinsics"], origin=origin, units="m", crs="EPSG:32633", metric=True,
                   report=PoseCheckReport(poses_given=True))
-    plan = plan_volume.fn(scene, max_voxels=64, truncation_voxels=2.0)
+    plan = plan_volume(scene, max_voxels=64, truncation_voxels=2.0)
     store = ReconstructionStore(str(tmp_path / "gt.zarr"))
     store.begin({"collection_id": "gt"})
-    decode_volume.fn(store, scene, plan, device="cpu")
+    decode_volume(store, scene, plan, device="cpu")
     volume = open_reconstruction(store.url, require_complete=False)["volume"].to_dataset()
     x, y, z = volume.x.values, volume.y.values, volume.z.values
     voxel = float(volume.attrs["voxel_size"])
@@ -41,7 +42,7 @@ def test_tsdf_zero_level_on_the_true_surface(tmp_path, kind, origin):
     grid = fusion.VolumeGrid(origin=(x[0], y[0], z[0]), voxel_size=voxel, shape=(len(z), len(y), len(x)))
     crossings = fusion.zero_crossings(volume.tsdf.values.astype(np.float32), grid, volume.weight.values)
     truth = world_points_from_depth(torch.from_numpy(depth).double(),
-                                    torch.from_numpy(_with_origin(world, -origin)),  # absolute world cameras
+                                    torch.from_numpy(with_origin(world, -origin)),  # absolute world cameras
                                     torch.from_numpy(sample["intrinsics"]))[torch.from_numpy(depth > 0)].numpy()
     rng = np.random.default_rng(0)
     crossings = crossings[rng.choice(len(crossings), min(len(crossings), 20000), replace=False)]

@@ -5,7 +5,7 @@ import pytest
 
 from errors import PoseCheckError
 from model.synthetic import generate_sample
-from tasks.pose_checks import (
+from model.pose_checks import (
     PoseCheckReport,
     best_depth_scale,
     camera_centres,

@@ -28,9 +28,10 @@ import numpy as np
 import torch
 
 from errors import PoseCheckError
-from model.evaluation.metrics import camera_centres
+from pose_rules import rotation_problem
 
-ORTHONORMAL_TOL = 1e-3
+from .evaluation.metrics import camera_centres
+
 DUPLICATE_TOL = 1e-6  # relative to the camera extent (or 1 unit), and 1e-3 degrees
 FLAG_ROTATION_DEG = 15.0
 FLAG_POSITION_FRACTION = 0.1  # of the camera extent (or of the median scene depth when the extent is ~0)
@@ -98,15 +99,9 @@ def check_given_poses(cam_from_world: np.ndarray, intrinsics: np.ndarray, image_
         where = f"{source}: camera of {name}"
         if not (np.isfinite(cam_from_world[i]).all() and np.isfinite(intrinsics[i]).all()):
             raise PoseCheckError(f"{where}: non-finite values (NaN or inf) in the pose or intrinsics")
-        R = cam_from_world[i, :3, :3]
-        err = float(np.abs(R @ R.T - np.eye(3)).max())
-        if err > ORTHONORMAL_TOL:
-            raise PoseCheckError(f"{where}: rotation is not orthonormal (max |R R^T - I| = {err:.3g}); "
-                                 "scale or shear in the pose matrix?")
-        det = float(np.linalg.det(R))
-        if det < 0:
-            raise PoseCheckError(f"{where}: rotation has det {det:.3f} (a reflection): one camera axis is flipped, "
-                                 "a mixed-up axis convention (e.g. left- vs right-handed)")
+        problem = rotation_problem(cam_from_world[i, :3, :3])
+        if problem:
+            raise PoseCheckError(f"{where}: {problem}")
         fx, fy, cx, cy = intrinsics[i, 0, 0], intrinsics[i, 1, 1], intrinsics[i, 0, 2], intrinsics[i, 1, 2]
         if not (fx > 0 and fy > 0):
             raise PoseCheckError(f"{where}: focal lengths must be positive (fx={fx:g}, fy={fy:g})")
