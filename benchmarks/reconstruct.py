@@ -5,7 +5,7 @@
                                      [--out /tmp/zipmap-bench] [--refine-poses auto|on|off]
 
 For each camera-path kind a held-out collection is generated (with cameras.json and ground-truth
-depth), reconstructed with the bundled model through ``flows.reconstruct.run_reconstruction`` (the
+depth), reconstructed with the bundled model through ``tasks.stages.run_reconstruction`` (the
 same code as ``zipmap reconstruct``), once to warm up (model load, first-call overheads) and then
 ``--repeats`` times. Reported: the median wall time and its split into the network (``zip_pass``'s
 forward) and everything else, per stage; and the geometry of the result: the distance from each
@@ -29,13 +29,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.reconstruct import run_reconstruction  # noqa: E402
 from model import fusion  # noqa: E402
 from model.evaluation.metrics import nearest_distances  # noqa: E402
 from model.geometry import world_points_from_depth  # noqa: E402
 from model.synthetic import write_collection  # noqa: E402
+from settings import ReconstructionSettings  # noqa: E402
 from storage.collection import read_collection  # noqa: E402
 from storage.zarr_store import open_reconstruction  # noqa: E402
+from tasks.stages import run_reconstruction  # noqa: E402
 
 
 def surface_distance(src: str, store: str, max_points: int = 50000) -> tuple[float, float, float]:
@@ -73,20 +74,19 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    settings = ReconstructionSettings(max_voxels=args.voxels, device=args.device, refine_poses=args.refine_poses)
     rows = []
     for k, kind in enumerate(args.kinds):
         src = str(Path(args.out) / "collections" / f"{kind}-{1_000_000 + k}")
         if not (Path(src) / "cameras.json").exists():
             write_collection(src, 1_000_000 + k, kind, args.frames, *args.size)
         t0 = time.perf_counter()
-        run_reconstruction(src, str(Path(args.out) / "out"), max_voxels=args.voxels, device=args.device,
-                           refine=args.refine_poses)
+        run_reconstruction(src, str(Path(args.out) / "out"), settings)
         cold = time.perf_counter() - t0
         runs = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            summary = run_reconstruction(src, str(Path(args.out) / "out"), max_voxels=args.voxels, device=args.device,
-                                         refine=args.refine_poses)
+            summary = run_reconstruction(src, str(Path(args.out) / "out"), settings)
             runs.append((time.perf_counter() - t0, summary))
         runs.sort(key=lambda r: r[0])
         wall, summary = runs[len(runs) // 2]

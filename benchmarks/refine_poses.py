@@ -20,13 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.evaluation.evaluate import input_size  # noqa: E402
+from model.evaluation.evaluate import truth_at_views  # noqa: E402
 from model.evaluation.metrics import pose_metrics  # noqa: E402
-from model.geometry import cameras_from_pose_encoding  # noqa: E402
+from model.inference import prepare_views, zip_collection  # noqa: E402
 from model.refine import refine_poses  # noqa: E402
 from model.weights import bundled_checkpoint, load_zipmap  # noqa: E402
 from storage.collection import read_collection  # noqa: E402
@@ -48,21 +47,15 @@ def main(argv=None) -> int:
     rows = []
     for url in args.collections:
         coll = read_collection(url)
-        images = coll.stacked_images()
-        H, W = images.shape[1:3]
-        h, w = input_size(H, W, model.cfg.img_size, model.cfg.patch_size)
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)
-        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
-        with torch.no_grad():
-            out = model(x[None])
-        ext, K = cameras_from_pose_encoding(out["pose_enc"].float(), (h, w))
-        cams, K, depth = ext[0].double().numpy(), K[0].double().numpy(), out["depth"][0, ..., 0].numpy()
+        views = prepare_views(coll.images, coll.intrinsics, model.cfg)  # the production inference path
+        x = views.images
+        h, w = x.shape[-2:]
+        zr = zip_collection(model, views)
+        cams, K, depth = zr.cam_from_world, zr.intrinsics, zr.depth
         start = cams
         if args.gt_depth:
-            depth = F.interpolate(torch.from_numpy(coll.stacked_depth())[:, None], size=(h, w), mode="nearest")[:, 0]
-            K = coll.intrinsics.copy()
-            K[:, 0] *= w / W
-            K[:, 1] *= h / H
+            depth = truth_at_views(coll.stacked_depth(), views.scale, views.crop, (h, w))
+            K = views.intrinsics
             start = np.tile(np.eye(4)[:3], (len(K), 1, 1))
         refine_poses(x, depth, K, start, **params)  # warm-up (compiles the loop on a fresh machine)
         runs = [refine_poses(x, depth, K, start, **params) for _ in range(3)]

@@ -160,7 +160,41 @@ def _dask_runner(cluster: str | None, workers: int):
     try:
         yield runner
     finally:
+        close_workers(runner)
         runner.__exit__(None, None, None)
+
+
+WORKER_EXIT_TIMEOUT = 60.0  # seconds a LocalCluster worker process may take to exit at the end of a batch
+
+
+def close_workers(runner, timeout: float = WORKER_EXIT_TIMEOUT) -> None:
+    """Close the workers of the LocalCluster behind ``runner`` (a started DaskTaskRunner), giving each worker
+    process ``timeout`` seconds to exit on its own, before the cluster itself closes.
+
+    Dask's own close gives a worker process 4 seconds and then kills it ("Worker process still alive after
+    4.0 seconds, killing"); a worker that loaded torch, the model and Great Expectations takes 1-3 s just to
+    finalise its interpreter, longer when two of them exit at once on a busy machine. A process still alive
+    after ``timeout`` is killed (with Dask's warning). Clusters this package did not start (a scheduler
+    address) are left alone."""
+    import asyncio
+
+    from distributed import LocalCluster
+
+    cluster = getattr(runner, "_cluster", None)  # prefect-dask keeps the cluster it started here
+    if not isinstance(cluster, LocalCluster) or not cluster.workers:
+        return
+
+    async def close() -> None:
+        nannies = [w for w in list(cluster.workers.values()) if hasattr(w, "kill")]  # worker processes only
+        await asyncio.gather(*(w.close(timeout=timeout, reason="batch-done") for w in nannies))
+
+    try:
+        runner.client.close()  # first: the futures it holds would make the scheduler miss the workers' results
+        cluster.sync(close)
+    except Exception as exc:  # noqa: BLE001  (the cluster's own close follows and cleans up)
+        import logging
+
+        logging.getLogger(__name__).debug("closing the workers: %s", exc)
 
 
 def _dashboard_link(runner) -> str | None:

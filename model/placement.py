@@ -140,7 +140,8 @@ def volume_summary(scene: Scene, plan: VolumePlan, observed: int, near_surface: 
             "camera_to_volume_distance": float(np.linalg.norm(outside)), "voxel_size": grid.voxel_size,
             "truncation": plan.truncation, "observed_fraction": observed / total,
             "occupied_fraction": near_surface / total, "chunks": chunks,
-            "bounds_min": (np.asarray(lo) + scene.origin).tolist(), "bounds_max": (np.asarray(hi) + scene.origin).tolist()}
+            "bounds_min": (np.asarray(lo) + scene.origin).tolist(),
+            "bounds_max": (np.asarray(hi) + scene.origin).tolist()}
 
 
 __all__ = ["Scene", "with_origin", "choose_origin", "place_in_world", "VolumePlan", "plan_volume", "volume_summary",

@@ -47,7 +47,7 @@ def fs_options(url: str, storage_options: Mapping[str, Any] | None = None) -> di
             or os.environ.get("AWS_RETRY_MODE"):
         return opts
     config = dict(opts.get("config_kwargs") or {})
-    config.setdefault("retries", {"mode": "standard", "max_attempts": S3_MAX_ATTEMPTS})
+    config.setdefault("retries", {"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS})
     opts["config_kwargs"] = config
     return opts
 

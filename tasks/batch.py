@@ -36,11 +36,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from errors import InputError, PoseCheckError, ZipMapError, is_transient
+from settings import ReconstructionSettings
 from storage.collection import Collection
 from storage.tables import image_table
 from storage.urls import join, redact
 from storage.zarr_store import read_attrs, read_status
-from settings import ReconstructionSettings
 from validation import validate_images, validate_output
 
 from .stages import STAGE_NAMES, run_reconstruction

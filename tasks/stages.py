@@ -24,9 +24,19 @@ import numpy as np
 import torch
 
 from model import fusion
-from model.inference import Views, ZipResult, get_model, prepare_views, refine_result, refinement_steps, \
-    weights_sha256, zip_collection
-from model.placement import Scene, VolumePlan, plan_volume as plan_grid, place_in_world as place, volume_summary
+from model.inference import (
+    Views,
+    ZipResult,
+    get_model,
+    prepare_views,
+    refine_result,
+    refinement_steps,
+    weights_sha256,
+    zip_collection,
+)
+from model.placement import Scene, VolumePlan, volume_summary
+from model.placement import place_in_world as place
+from model.placement import plan_volume as plan_grid
 from model.pose_checks import PoseCheckReport, check_given_poses
 from settings import ReconstructionSettings
 from storage.collection import Collection, read_collection

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from cli import main
 from model.evaluation.metrics import METRIC_KEYS
 from model.synthetic import write_collection
@@ -59,3 +61,82 @@ def test_generate_writes_collections_and_a_manifest_to_s3(s3_bucket, tmp_path, c
     coll = read_collection(manifest["source"][1], opts)
     assert coll.num_frames == 2 and coll.source_format == "zipmap"
     assert coll.image_sizes() == [(28, 42)] * 2  # (height, width)
+
+
+def test_demo_reuses_an_unchanged_evaluation(tmp_path, capsys):
+    args = ["demo", "--out", str(tmp_path), "--paths", "orbit", "--frames", "3", "--size", "56", "84",
+            "--no-reconstruct"]
+    assert main(args) == 0
+    first = (tmp_path / "report.json").read_text()
+    assert "reused" not in capsys.readouterr().out
+    assert main(args) == 0
+    assert "earlier evaluation, reused" in capsys.readouterr().out
+    assert (tmp_path / "report.json").read_text() == first
+    # a changed input is evaluated again
+    (tmp_path / "collections" / "orbit-1000000" / "depth" / "000.npy").write_bytes(
+        (tmp_path / "collections" / "orbit-1000000" / "depth" / "001.npy").read_bytes())
+    assert main(args) == 0
+    assert "reused" not in capsys.readouterr().out
+
+
+# --- startup and parameter checks (no torch, Prefect or Dask before a command needs them) ----------------
+def _fresh(code: str, *args: str, cwd=None):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120,
+                          cwd=cwd)
+
+
+def test_import_cli_loads_neither_torch_nor_prefect():
+    result = _fresh("import sys, cli; print(sorted(m for m in ('torch', 'prefect', 'dask', 'distributed') "
+                    "if m in sys.modules))")
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+
+
+def test_help_of_every_command_without_heavy_imports():
+    from cli import COMMANDS, build_parser
+
+    code = ("import sys, cli\n"
+            "try:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print('LOADED', sorted(m for m in ('torch', 'prefect', 'dask') if m in sys.modules))")
+    for command in [None, *COMMANDS, "verify"]:
+        result = _fresh(code, *([command] if command else []), "--help")
+        assert result.returncode == 0 and "usage: zipmap" in result.stdout, (command, result.stderr)
+        assert "LOADED []" in result.stdout, command
+    # every option has help text; those with a default show it
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.choices and isinstance(a.choices, dict)).choices
+    for name, sub in subparsers.items():
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, (name, action.option_strings)
+        text = sub.format_help()
+        for action in sub._actions:
+            if action.option_strings and action.default not in (None, False, "==SUPPRESS=="):
+                assert f"(default: {action.default})" in " ".join(text.split()) or "default:" in (action.help or ""), (
+                    name, action.option_strings)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["reconstruct", "SRC", "OUT", "--voxel-size", "-1"], "voxel size must be a positive number"),
+    (["reconstruct", "SRC", "OUT", "--max-voxels", "0"], "max voxels must be an integer"),
+    (["reconstruct", "SRC", "OUT", "--device", "tpu"], "device must be cpu, cuda or cuda:N"),
+    (["reconstruct", "SRC", "OUT", "--preset", "huge"], "unknown preset 'huge'"),
+    (["reconstruct", "SRC", "OUT", "--weights", "/nowhere/checkpoint_aff_inv.pt"], "checkpoint file not found"),
+    (["batch", "M.csv", "OUT", "--voxel-size", "-1"], "voxel size must be a positive number"),
+    (["batch", "M.csv", "OUT", "--weights", "/nowhere/x.pt"], "checkpoint file not found"),
+    (["evaluate", "C", "--json", "r.json", "--preset", "huge"], "unknown preset"),
+    (["demo", "--device", "tpu"], "device must be"),
+    (["predict", "--weights", "/nowhere/x.pt"], "checkpoint file not found"),
+])
+def test_parameter_errors_are_one_line_before_any_work(tmp_path, args, message):
+    """Checked in a fresh process: one line, exit 2, no torch / Prefect / Dask loaded, nothing written."""
+    code = ("import sys, cli\nrc = cli.main(sys.argv[1:])\n"
+            "print('LOADED', sorted(m for m in ('torch', 'prefect', 'dask') if m in sys.modules))\nsys.exit(rc)")
+    result = _fresh(code, *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert "LOADED []" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written

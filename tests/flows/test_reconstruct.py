@@ -13,10 +13,10 @@ import xarray as xr
 import zarr
 
 from errors import ConfigError, InputError, PoseCheckError, StorageError
-from settings import ReconstructionSettings
-from tasks.stages import run_reconstruction
 from model.synthetic import write_collection
+from settings import ReconstructionSettings
 from storage.zarr_store import open_reconstruction, read_attrs, read_status
+from tasks.stages import run_reconstruction
 
 FRAMES, H, W = 8, 84, 126
 

@@ -7,6 +7,7 @@ from model.evaluation.evaluate import evaluate
 from model.synthetic import write_collection
 from model.training.loop import HELD_OUT_SEED_START
 from model.weights import BUNDLED_DIR, BUNDLED_NAME, bundled_checkpoint, load_zipmap
+from storage.collection import read_collection
 
 # Metrics on which the bundled model must beat the baseline (see docs/model-card.md for all of them).
 MUST_BEAT = {"depth_abs_rel": "lower", "depth_delta1": "higher", "auc_30": "higher", "rta_15": "higher",
@@ -23,7 +24,7 @@ def test_bundled_checkpoint_is_small_and_verified():
 def test_bundled_model_beats_the_baseline(tmp_path):
     urls = [write_collection(str(tmp_path / kind), HELD_OUT_SEED_START + 500 + i, kind, 16, 112, 168)
             for i, kind in enumerate(("orbit", "aerial"))]
-    report = evaluate(load_zipmap(bundled_checkpoint()), urls)
+    report = evaluate(load_zipmap(bundled_checkpoint()), [read_collection(u) for u in urls])
     ours, base = report["overall"], report["baseline"]["overall"]
     for key, better in MUST_BEAT.items():
         assert (ours[key] > base[key]) if better == "higher" else (ours[key] < base[key]), (key, ours, base)

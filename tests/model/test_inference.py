@@ -4,8 +4,8 @@ import numpy as np
 import torch
 
 from model.config import get_config
-from model.zipmap import ZipMap
 from model.inference import get_model, input_size, offline_frame_limit, prepare_views, zip_collection
+from model.zipmap import ZipMap
 
 
 def test_prepare_views_adjusts_intrinsics_for_resize_and_crop():

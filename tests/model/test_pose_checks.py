@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from errors import PoseCheckError
-from model.synthetic import generate_sample
 from model.pose_checks import (
     PoseCheckReport,
     best_depth_scale,
@@ -14,6 +13,7 @@ from model.pose_checks import (
     check_given_poses,
     compare_poses,
 )
+from model.synthetic import generate_sample
 
 SIZE = (56, 84)
 

@@ -1,13 +1,15 @@
 """Strict checkpoint loading: official .pt layouts, our safetensors + JSON, fsspec URLs."""
 
+import ast
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from errors import CheckpointError, ConfigError
+from errors import CheckpointError
 from model import ZipMap, get_config
-from model.weights import load_zipmap, read_state_dict, save_checkpoint
+from model.weights import load_zipmap, read_state_dict, recognise_variant, save_checkpoint
 
 CFG = get_config("tiny")
 
@@ -93,8 +95,62 @@ def test_unreadable_and_missing_files(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(2)}, str(tmp_path / "raw.safetensors"))  # no JSON, no metadata
-    with pytest.raises(ConfigError, match="pass config="):
+    with pytest.raises(CheckpointError, match="raw.safetensors: matches no ZipMap variant; closest is .*1 extra key"):
         load_zipmap(str(tmp_path / "raw.safetensors"))
+
+
+# --- which variant a checkpoint is, from its tensors -------------------------------------------------
+KEYS = Path(__file__).resolve().parents[3] / "shared" / "reference" / "keys"
+
+
+def _published(case):
+    """A state dict with the published names and shapes (meta tensors: no memory)."""
+    rows = (line.split("\t") for line in (KEYS / f"{case}.txt").read_text().splitlines() if line.strip())
+    return {name: torch.empty(ast.literal_eval(shape), device="meta") for name, shape in rows}
+
+
+@pytest.mark.parametrize("case, file", [("main", "checkpoint_aff_inv.pt"), ("ref_view", "checkpoint_with_ref_view.pt"),
+                                        ("streaming", "checkpoint_online.pt"),
+                                        ("state_query", "checkpoint_state_query.pt")])
+def test_published_checkpoints_are_recognised(case, file):
+    assert recognise_variant(_published(case), f"s3://models/zipmap/{file}") == case
+    if case in ("main", "ref_view"):  # identical keys and shapes: only the published file name tells them apart
+        with pytest.raises(CheckpointError, match=r"my-weights.pt: the weights fit presets main, ref_view equally; "
+                                                  r"pass --preset"):
+            recognise_variant(_published(case), "/models/my-weights.pt")
+    else:  # unique keys: any file name
+        assert recognise_variant(_published(case), "/models/my-weights.pt") == case
+
+
+def test_recognised_pt_loads_without_a_preset(tmp_path):
+    torch.manual_seed(0)
+    model = ZipMap(get_config("tiny_streaming"))
+    torch.save(model.state_dict(), tmp_path / "online.pt")
+    loaded = load_zipmap(str(tmp_path / "online.pt"))
+    assert loaded.variant == "tiny_streaming" and loaded.cfg == get_config("tiny_streaming")
+    _same_weights(model, loaded)
+    torch.save(ZipMap(CFG).state_dict(), tmp_path / "checkpoint_aff_inv.pt")  # tiny vs tiny_ref_view: undecided
+    with pytest.raises(CheckpointError, match="pass --preset"):
+        load_zipmap(str(tmp_path / "checkpoint_aff_inv.pt"))
+    assert load_zipmap(str(tmp_path / "checkpoint_aff_inv.pt"), "tiny_ref_view").variant == "tiny_ref_view"
+
+
+def test_checkpoint_missing_a_head_fails_in_one_line_naming_the_keys(tmp_path, capsys):
+    from cli import main
+
+    torch.manual_seed(0)
+    sd = {k: v for k, v in ZipMap(get_config("small")).state_dict().items() if not k.startswith("depth_head.")}
+    torch.save(sd, tmp_path / "no_depth.pt")
+    with pytest.raises(CheckpointError, match=r"no_depth.pt: matches no ZipMap variant; closest is 'small': "
+                                              r"\d+ missing keys \(depth_head\."):
+        load_zipmap(str(tmp_path / "no_depth.pt"))
+    from model.synthetic import write_collection
+
+    src = write_collection(str(tmp_path / "street"), 5, "street", 2, 28, 42)
+    assert main(["reconstruct", src, str(tmp_path / "out"), "--weights", str(tmp_path / "no_depth.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "depth_head." in err[-1] and "missing key" in err[-1]
+    assert not (tmp_path / "out").exists()
 
 
 def test_load_from_s3(tiny, s3_bucket, tmp_path, monkeypatch):

@@ -13,8 +13,17 @@ import time
 import fsspec
 import pytest
 
-from errors import (CheckpointError, InputError, PoseCheckError, StorageError, TransientError, ZipMapError,
-                    io_error, is_transient, scrub)
+from errors import (
+    CheckpointError,
+    InputError,
+    PoseCheckError,
+    StorageError,
+    TransientError,
+    ZipMapError,
+    io_error,
+    is_transient,
+    scrub,
+)
 from model.synthetic import write_collection
 from storage.collection import read_collection
 from storage.manifest import list_collections
@@ -205,7 +214,7 @@ def test_store_manifest_and_listing_on_an_unreachable_store_are_transient(dead_s
 def test_remote_checkpoint_that_does_not_answer_is_transient(dead_s3, s3_bucket):
     from model.weights import local_copy
 
-    quick = {**dead_s3, "config_kwargs": {"retries": {"mode": "standard", "max_attempts": 1}}}
+    quick = {**dead_s3, "config_kwargs": {"retries": {"mode": "standard", "total_max_attempts": 1}}}
     err = _raised(local_copy, "s3://models/zipmap.safetensors", quick)
     assert isinstance(err, TransientError) and "s3://models/zipmap.safetensors" in str(err)
     assert SECRET not in str(err)
@@ -218,7 +227,7 @@ def test_s3_options_bound_botocore_retries_unless_told(monkeypatch):
     monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
     monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
     opts = fs_options("s3://b/k", {"key": "k"})
-    assert opts["config_kwargs"]["retries"] == {"mode": "standard", "max_attempts": S3_MAX_ATTEMPTS}
+    assert opts["config_kwargs"]["retries"] == {"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS}
     mine = {"config_kwargs": {"retries": {"max_attempts": 9}, "read_timeout": 5}}
     assert fs_options("s3://b/k", mine) == mine  # the caller's own setting wins
     assert fs_options("/tmp/x", {}) == {} and fs_options("memory://x", None) == {}

@@ -13,10 +13,10 @@ import torch
 from model import fusion
 from model.evaluation.metrics import nearest_distances
 from model.geometry import world_points_from_depth
-from model.synthetic import generate_sample
-from storage.zarr_store import ReconstructionStore, open_reconstruction
 from model.placement import Scene, plan_volume, with_origin
 from model.pose_checks import PoseCheckReport
+from model.synthetic import generate_sample
+from storage.zarr_store import ReconstructionStore, open_reconstruction
 from tasks.stages import decode_volume
 
 
