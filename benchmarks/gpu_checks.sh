@@ -23,7 +23,7 @@ step() {  # step SECONDS TITLE COMMAND...
 step 20 "machine" bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; nproc; \
 $py -c 'import torch, sys; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name(0))'"
 step 90 "CUDA tests" "$py" -m pytest -q -p no:cacheprovider -o addopts= tests/model/test_fusion.py \
-    tests/tasks/test_zip_pass.py -k "cuda or sampling or plane or chunk or zip_pass"
+    tests/model/test_inference.py -k "cuda or sampling or plane or chunk or zip_pass"
 step 120 "end to end, cuda" "$py" benchmarks/reconstruct.py --device cuda --kinds street orbit aerial handheld \
     --repeats 5 --out /tmp/zipmap-bench
 step 60 "end to end, cpu of the same machine" "$py" benchmarks/reconstruct.py --device cpu --kinds street orbit \

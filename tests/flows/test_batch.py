@@ -5,10 +5,13 @@ Collections are tiny (4 frames of 56x84, coarse volumes) so each takes a second 
 
 import json
 import os
+import re
 import signal
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -91,8 +94,20 @@ def test_batch_on_dask_and_s3_with_bad_rows(prefect_server, s3_bucket, cluster):
     assert not fs.exists(f"{bucket}/escape.zarr") and not fs.exists(f"{bucket}/out/../escape.zarr")
     assert {"collection_id", "status", "reason", "output", "t_zip_pass", "t_decode_volume", "num_views"} <= set(
         table.columns)
+    assert isinstance(table.started.dtype, pd.DatetimeTZDtype) and str(table.started.dt.tz) == "UTC"
+    assert table.started[table.status == "complete"].notna().all() and escape.started.isna().all()
+    assert (table.started.dropna() - pd.Timestamp.now(tz="UTC")).abs().max() < pd.Timedelta(hours=1)
+    assert table[table.status == "complete"].t_zip_pass.notna().all()
+    # validation.md: every suite that ran (the manifest's; each collection's images and output suites), FAILED
     report = fs.cat_file(f"{bucket}/out/_runs/run-1/validation.md").decode()
-    assert "manifest" in report and "c2" in report
+    assert report.splitlines()[2].startswith("**Result: FAILED**")
+    assert "| manifest | manifest | FAILED |" in report  # the unsafe id
+    for cid in ("c0", "c1", "c3", "c4", "c5"):
+        assert f"| {cid} | images | passed |" in report and f"| {cid} | output | passed |" in report
+    assert "| c2 | images |" not in report  # its broken image failed the read: no suite ran on it
+    assert "| c2 | failed |" in report and "| ../escape | failed |" in report  # the collections table
+    # task runs are named by the collection ids of their group
+    assert any("c2" in name.split(", ") for name in _task_run_names("c2"))
     assert "testing" not in json.dumps(read_attrs(f"{out}/c0.zarr", opts))
     artifact = _latest_artifact("batch-summary")
     assert "c0" in str(artifact.data) and "complete" in str(artifact.data)
@@ -104,6 +119,12 @@ def test_batch_on_dask_and_s3_with_bad_rows(prefect_server, s3_bucket, cluster):
         again.setdefault(r["collection_id"], r["status"])
     assert all(again[c] == "skipped" for c in ("c0", "c1", "c3", "c4", "c5")), again
     assert again["c2"] == "failed"
+    table = _run_summary(fs, bucket, "run-2")
+    skipped = table[table.status == "skipped"]
+    assert len(skipped) == 5 and skipped.filter(like="t_").isna().all().all()  # nothing ran in this run
+    assert skipped.num_views.eq(FRAMES).all()  # the output's own numbers are still there
+    report = fs.cat_file(f"{bucket}/out/_runs/run-2/validation.md").decode()
+    assert "| c0 | output | passed |" in report and "| c0 | images |" not in report  # the skip check ran
     fs.invalidate_cache()
     assert before == {cid: fs.info(f"{bucket}/out/{cid}.zarr/zarr.json")["LastModified"] for cid in ("c0", "c1")}
 
@@ -118,6 +139,20 @@ def _latest_artifact(key):
         async with get_client() as client:
             found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
             return found[-1]
+
+    return asyncio.run(read())
+
+
+def _task_run_names(like):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    async def read():
+        async with get_client() as client:
+            found = await client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=like)))
+            return [t.name for t in found]
 
     return asyncio.run(read())
 
@@ -215,3 +250,66 @@ def test_local_cluster_workers_keep_no_profile(tmp_path, monkeypatch):
         assert all(client.run(lambda: "tasks.batch" in sys.modules).values())  # preloaded
     monkeypatch.setenv(PROFILE_ENV, "True")
     assert worker_config()["distributed"]["worker"]["profile"]["enabled"] is True  # Dask's own setting
+
+
+def _zipmap_batch(tmp_path, name, manifest, *args):
+    """``zipmap batch`` in a fresh process, as a new user runs it: a fresh HOME, no Prefect variables (so no
+    PREFECT_API_URL: the command starts its own Prefect server) and temporary files in a folder of its own.
+    Returns the finished process, the HOME and the temporary folder."""
+    home, tmp = tmp_path / name / "home", tmp_path / name / "tmp"
+    home.mkdir(parents=True)
+    tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(HOME=str(home), TMPDIR=str(tmp))
+    script = Path(sys.executable).with_name("zipmap")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
+    proc = subprocess.run([*command, "batch", str(manifest), str(tmp_path / "out"), "--max-voxels", "16",
+                           "--run-id", name, *args], cwd=tmp_path / name, env=env, capture_output=True, text=True,
+                          timeout=900)
+    return proc, home, tmp
+
+
+NOISE = re.compile(r"Traceback|\bERROR\b|\bINFO\b|still alive|killing")
+
+
+def test_zipmap_batch_is_quiet_and_keeps_out_of_the_users_prefect_home(tmp_path):
+    """A new user's ``zipmap batch`` (no Prefect server configured): the run's own temporary Prefect server
+    keeps its database outside ~/.prefect and removes it afterwards; stderr carries no traceback, no ERROR
+    and, without --verbose, no INFO line; the LocalCluster's workers stop without being killed. The
+    validation report lists every suite that ran and says FAILED when a collection failed (with --verbose,
+    the INFO lines are back, the task runs named by collection id)."""
+    good = write_collection(str(tmp_path / "in" / "q0"), 1_000_400, "orbit", FRAMES, H, W)
+    bad = write_collection(str(tmp_path / "in" / "q1"), 1_000_401, "street", FRAMES, H, W)
+    cameras = json.loads((Path(bad) / "cameras.json").read_text())
+    cameras["frames"][1]["cx"] = 10.0 * W  # the principal point outside the image: fails the images suite
+    (Path(bad) / "cameras.json").write_text(json.dumps(cameras))
+    manifest = tmp_path / "in" / "manifest.csv"
+    pd.DataFrame([{"collection_id": "q0", "source": good}, {"collection_id": "q1", "source": bad}]).to_csv(
+        manifest, index=False)
+
+    proc, home, tmp = _zipmap_batch(tmp_path, "quiet", manifest, "--workers", "2")
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-5000:]  # a collection failed
+    assert "1 complete, 1 failed" in proc.stdout
+    noisy = [line for line in proc.stderr.splitlines() if NOISE.search(line)]
+    assert not noisy, proc.stderr[-5000:]
+    # nothing in the user's Prefect home (importing prefect makes the empty folder) and no server left behind
+    assert sorted(home.rglob("*")) in ([], [home / ".prefect"]), sorted(home.rglob("*"))
+    assert not list(tmp.glob("zipmap-prefect-*"))
+    report = (tmp_path / "out" / "_runs" / "quiet" / "validation.md").read_text()
+    assert report.splitlines()[2].startswith("**Result: FAILED**"), report[:500]
+    for line in ("| manifest | manifest | passed |", "| q0 | images | passed |", "| q0 | output | passed |",
+                 "| q1 | images | FAILED |", "| q1 | failed |"):
+        assert line in report, line
+    assert "| q1 | output |" not in report  # failing input is not reconstructed
+    assert "cx must be < width" in report.split("## q1 images: FAILED")[1]  # its failure lines
+
+    # every collection failed: still FAILED (it said PASSED); --verbose shows Prefect's and Dask's INFO lines
+    only_bad = tmp_path / "in" / "bad.csv"
+    pd.DataFrame([{"collection_id": "q1", "source": bad}]).to_csv(only_bad, index=False)
+    proc, home, tmp = _zipmap_batch(tmp_path, "verbose", only_bad, "--workers", "1", "--verbose")
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-5000:]
+    assert "| INFO " in proc.stderr and "distributed." in proc.stderr and "Task run 'q1'" in proc.stderr
+    assert not re.search(r"Traceback|still alive", proc.stderr), proc.stderr[-5000:]
+    assert sorted(home.rglob("*")) in ([], [home / ".prefect"])
+    report = (tmp_path / "out" / "_runs" / "verbose" / "validation.md").read_text()
+    assert report.splitlines()[2].startswith("**Result: FAILED**") and "| q1 | images | FAILED |" in report

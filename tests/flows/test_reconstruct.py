@@ -92,6 +92,15 @@ def test_provenance_and_no_secrets(done):
         assert key in attrs, key
     assert attrs["zipmap_status"] == "complete" and len(attrs["weights_sha256"]) == 64
     assert set(attrs["summary"]["timings"]) >= {"read", "zip_pass", "decode_volume", "write_views"}
+    # the root attributes docs/output-format.md promises
+    documented = Path(__file__).resolve().parents[2].joinpath("docs", "output-format.md").read_text()
+    table = documented.split("## Root group")[1].split("\n## ")[0]
+    promised = {name for row in table.splitlines() if row.startswith("| `")
+                for name in row.split("|")[1].replace("`", "").replace(" ", "").split(",")}
+    missing = promised - set(attrs) - {"zipmap_error"}  # zipmap_error: failed stores only
+    assert not missing, missing
+    assert attrs["model_variant"] == "city" and attrs["weights_bundled"] and attrs["input_size"] == [112, 168]  # 168 wide, aspect kept
+    assert attrs["origin"] == summary["origin"] and attrs["metric_scale"] is True and attrs["units"] == "m"
 
 
 def test_s3_in_and_out(s3_bucket, tmp_path):

@@ -147,7 +147,10 @@ def test_socket_timeout_and_reset_are_transient():
         with client:
             timeout = _raised(client.recv, 10)
         assert isinstance(timeout, TimeoutError) and is_transient(timeout)
-        client = socket.create_connection(server.getsockname())
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        client = socket.create_connection(server.getsockname(), timeout=5)
         conn, _ = server.accept()
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         conn.close()  # an RST, not a FIN

@@ -260,6 +260,38 @@ def test_report_lists_failures_first_and_is_deterministic():
     assert "<title>Batch &lt;run-1&gt;</title>" in page and "&#x27;../etc&#x27;" in page
 
 
+def test_batch_report_lists_every_suite_and_fails_with_any_collection():
+    """A batch report: the manifest's full section, each collection's suites in compact form (carried back from
+    the workers as JSON), the collections table; FAILED when a suite or a collection failed."""
+    from validation import ValidationOutcome
+
+    good = validate_images(_images())
+    bad = validate_output(pd.DataFrame([_output("empty", occupied_fraction=0.0)]))
+    carried = [json.loads(json.dumps(o.compact(), allow_nan=False)) for o in (good, bad)]
+    assert "results" not in carried[0] and carried[1]["failures"] == bad.failures
+    back = [ValidationOutcome.from_dict(d) for d in carried]
+    assert (back[0].suite, back[0].success, back[0].statistics) == ("images", True, good.statistics)
+    sections = [("manifest", validate_manifest(_manifest(["a", "b"]))), ("a", back[0]), ("b", back[1])]
+    rows = [{"collection_id": "a", "status": "complete", "reason": ""},
+            {"collection_id": "b", "status": "failed", "reason": "output validation failed | see below"}]
+    report = render_report(sections, "Batch run-2", collections=rows)
+    assert report.startswith("# Batch run-2\n\n**Result: FAILED** (2 of 3 validations passed; 1 failure(s), "
+                             "0 warning(s); 1 of 2 collection(s) failed)")
+    assert f"| a | images | passed | {good.statistics['evaluated']} | 0 | 0 |" in report
+    assert "| b | output | FAILED |" in report
+    assert "## a images" not in report  # a compact suite that passed: its summary line only
+    assert f"## b output: FAILED\n\nFailures:\n\n- {bad.failures[0]}" in report
+    assert "| b | failed | output validation failed \\| see below |" in report
+    # every suite passed but a collection failed (e.g. its images could not be read): still FAILED
+    rows[1]["status"] = "failed"
+    passing = [("manifest", sections[0][1]), ("a", back[0])]
+    assert "**Result: FAILED**" in render_report(passing, "t", collections=rows)
+    assert "**Result: PASSED**" in render_report(passing, "t", collections=rows[:1])
+    assert "collection(s) failed" not in render_report(passing, "t")  # not a batch report: as before
+    page = render_html(sections, "Batch run-2", collections=rows)
+    assert "Result: <span class=\"FAILED\">FAILED</span>" in page and "<h2>Collections</h2>" in page
+
+
 def test_validation_imports_point_down_and_gx_lazily():
     forbidden = {"storage", "tasks", "flows", "model", "cli"}
     for path in (ROOT / "validation").rglob("*.py"):
