@@ -29,7 +29,7 @@ from errors import ConfigError
 from settings import ReconstructionSettings
 from storage.tables import read_manifest, write_table
 from storage.urls import join, redact
-from tasks.batch import process_collections, summary_row
+from tasks.batch import process_collections, summary_row, with_retries
 from validation import ValidationOutcome, manifest_row_problems, render_report, validate_manifest
 
 SUMMARY_NAME = "summary.parquet"
@@ -234,7 +234,7 @@ def reconstruct_batch(manifest: str | None = None, out: str = "", weights: str |
         raise ConfigError("reconstruct-batch: `out` (the output folder or URL) is required")
     run_dir = join(out, "_runs", run_id)
     if manifest:
-        df = read_manifest(manifest, storage_options)
+        df = with_retries(read_manifest, manifest, storage_options, what=redact(manifest))
     elif prefix:
         from storage.manifest import list_collections
 
@@ -243,7 +243,7 @@ def reconstruct_batch(manifest: str | None = None, out: str = "", weights: str |
             logger.warning("skipped %s: %s", redact(url), reason)
         df = listing.table
         manifest = join(run_dir, "manifest.parquet")
-        write_table(df, manifest, storage_options)
+        with_retries(write_table, df, manifest, storage_options, what=redact(manifest))
         logger.info("%d collection(s) under %s%s", len(df), redact(prefix), f" changed since {since}" if since else "")
     else:
         raise ConfigError("reconstruct-batch: give `manifest` (a CSV/Parquet URL) or `prefix` (a folder to list)")
@@ -297,9 +297,10 @@ def reconstruct_batch(manifest: str | None = None, out: str = "", weights: str |
     if "started" in table:  # epoch seconds in the rows, a UTC timestamp in the table
         table["started"] = pd.to_datetime(table["started"].astype(float), unit="s", utc=True)
     table["run_id"] = run_id
-    write_table(table, join(run_dir, SUMMARY_NAME), storage_options)
+    with_retries(write_table, table, join(run_dir, SUMMARY_NAME), storage_options, what="the run summary")
     report = render_report(sections, f"Batch {run_id}: {redact(manifest)}", collections=rows)
-    _write_text(join(run_dir, "validation.md"), report, storage_options)
+    with_retries(_write_text, join(run_dir, "validation.md"), report, storage_options,
+                 what="the validation report")
     create_table_artifact(table=[_artifact_row(r) for r in rows], key="batch-summary",
                           description=f"run {run_id}: {redact(out)}")
     create_markdown_artifact(markdown=report, key="batch-validation-report")
@@ -446,7 +447,7 @@ def run_batch(manifest: str | None, out: str, cluster: str | None = None, worker
     if not cluster:
         settings.check_here()
     if manifest:
-        read_manifest(manifest, storage_options)
+        with_retries(read_manifest, manifest, storage_options, what=redact(manifest))
     if cluster:
         check_cluster(cluster)
     with quiet_logs(verbose), prefect_api(print_fn):

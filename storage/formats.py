@@ -239,7 +239,7 @@ def parse_transforms_json(data: bytes, where: str) -> PoseFile:
         c2w_gl = matrix(frame["transform_matrix"], f"{label}: transform_matrix", where, ((3, 4), (4, 4)))
         problem = rotation_problem(c2w_gl[:3, :3])
         if problem:
-            raise InputError(f"{where}: {label}: transform_matrix: {problem}")
+            raise InputError(f"{where}: {label}: transform_matrix rotation is not a proper rotation: {problem}")
         w2c = np.linalg.inv(c2w_gl @ GL_FROM_CV) @ undo
         found = {key: number(merged[key], f"{label}: {key}", where, positive=key not in ("cx", "cy"))
                  for key in ("fl_x", "fl_y", "cx", "cy", "camera_angle_x", "camera_angle_y")

@@ -27,8 +27,9 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -44,6 +45,8 @@ from storage.zarr_store import read_attrs, read_status
 from validation import validate_images, validate_output
 
 from .stages import STAGE_NAMES, run_reconstruction
+
+T = TypeVar("T")
 
 STAGES = STAGE_NAMES  # the summary's t_* columns, one per stage of the sequence
 
@@ -174,34 +177,47 @@ def retry_policy(attempts: int | None = None, backoff_s: float | None = None,
             max(0.0, pick(patience_s, "ZIPMAP_RETRY_PATIENCE", RETRY_PATIENCE_S, float)))
 
 
-def reconstruct_one(collection_id: str, source: str, out: str, params: dict | None = None,
-                    storage_options: dict | None = None, run_id: str | None = None, attempts: int | None = None,
-                    backoff_s: float | None = None, patience_s: float | None = None) -> dict:
-    """One collection -> its summary row; anything but a transient fault ends in a ``failed`` row at once
-    (one collection never takes others down).
+def with_retries(fn: Callable[..., T], *args, what: str = "", attempts: int | None = None,
+                 backoff_s: float | None = None, patience_s: float | None = None, **kwargs) -> T:
+    """``fn(*args, **kwargs)``, retried on transient faults: the pipeline's one retry mechanism.
 
-    This is the pipeline's one retry of transient faults (:func:`errors.is_transient`): after the k-th
+    Only :func:`errors.is_transient` faults are retried (object-store and network faults: timeouts,
+    resets, 5xx, throttling, a checkpoint URL that does not answer), never bad input. After the k-th
     failed attempt it waits ``backoff_s * 2**(k-1)`` seconds times a random factor in [0.5, 1.5), for at
     most ``attempts`` attempts and ``patience_s`` seconds of waiting in all (:func:`retry_policy`); each
-    retry is logged. A rerun skips an output already complete, so a retry never redoes finished work."""
+    retry is logged naming ``what``. The last fault is raised, with ``retried`` (attempts made) set on it."""
     attempts, backoff_s, patience_s = retry_policy(attempts, backoff_s, patience_s)
-    waited, t_first = 0.0, time.perf_counter()
+    waited = 0.0
     for attempt in range(1, attempts + 1):
         try:
-            return _process(collection_id, source, out, params, storage_options, run_id)
-        except Exception as exc:  # noqa: BLE001
-            transient = is_transient(exc)
+            return fn(*args, **kwargs)
+        except Exception as exc:
             delay = min(backoff_s * 2 ** (attempt - 1) * (0.5 + random.random()), patience_s - waited)
-            if transient and attempt < attempts and delay > 0:
-                logger.warning("%s: transient fault on attempt %d of %d, retrying in %.1f s: %s: %s", collection_id,
-                               attempt, attempts, delay, type(exc).__name__, exc)
+            if is_transient(exc) and attempt < attempts and delay > 0:
+                logger.warning("%s: transient fault on attempt %d of %d, retrying in %.1f s: %s: %s", what or
+                               getattr(fn, "__name__", "call"), attempt, attempts, delay, type(exc).__name__, exc)
                 time.sleep(delay)
                 waited += delay
                 continue
-            tried = f" (after {attempt} attempts in {time.perf_counter() - t_first:.0f} s)" if transient else ""
-            return summary_row(collection_id, source, "failed", f"{type(exc).__name__}: {exc}{tried}",
-                               seconds=time.perf_counter() - t_first)
+            exc.retried = attempt
+            raise
     raise AssertionError("unreachable")
+
+
+def reconstruct_one(collection_id: str, source: str, out: str, params: dict | None = None,
+                    storage_options: dict | None = None, run_id: str | None = None, attempts: int | None = None,
+                    backoff_s: float | None = None, patience_s: float | None = None) -> dict:
+    """One collection -> its summary row, transient faults retried (:func:`with_retries`); anything else
+    ends in a ``failed`` row at once (one collection never takes others down). A rerun skips an output
+    already complete, so a retry never redoes finished work."""
+    t_first = time.perf_counter()
+    try:
+        return with_retries(_process, collection_id, source, out, params, storage_options, run_id,
+                            what=collection_id, attempts=attempts, backoff_s=backoff_s, patience_s=patience_s)
+    except Exception as exc:  # noqa: BLE001
+        seconds = time.perf_counter() - t_first
+        tried = f" (after {exc.retried} attempts in {seconds:.0f} s)" if is_transient(exc) else ""
+        return summary_row(collection_id, source, "failed", f"{type(exc).__name__}: {exc}{tried}", seconds=seconds)
 
 
 MAX_RUN_NAME = 100  # characters of a task run name listing collection ids
@@ -233,4 +249,4 @@ def process_collections(items: list[tuple[str, str]], out: str, params: dict | N
 
 __all__ = ["process_collections", "reconstruct_one", "retry_policy", "summary_row", "output_row",
            "check_output", "check_images", "completed_summary", "is_transient", "ValidationFailed", "STAGES",
-           "collections_run_name"]
+           "collections_run_name", "with_retries"]

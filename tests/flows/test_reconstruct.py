@@ -99,7 +99,8 @@ def test_provenance_and_no_secrets(done):
                 for name in row.split("|")[1].replace("`", "").replace(" ", "").split(",")}
     missing = promised - set(attrs) - {"zipmap_error"}  # zipmap_error: failed stores only
     assert not missing, missing
-    assert attrs["model_variant"] == "city" and attrs["weights_bundled"] and attrs["input_size"] == [112, 168]  # 168 wide, aspect kept
+    assert attrs["model_variant"] == "city" and attrs["weights_bundled"]
+    assert attrs["input_size"] == [112, 168]  # 168 wide, aspect kept
     assert attrs["origin"] == summary["origin"] and attrs["metric_scale"] is True and attrs["units"] == "m"
 
 
