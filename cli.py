@@ -77,6 +77,7 @@ def _reconstruct(args) -> int:
     except ZipMapError as exc:
         return _error(exc)
     from storage.urls import redact
+    from tasks.retry import with_retries
     from tasks.stages import run_reconstruction
 
     def log(msg: str) -> None:
@@ -87,8 +88,8 @@ def _reconstruct(args) -> int:
 
     print(f"reconstructing {redact(args.src)}", file=sys.stderr)
     try:
-        summary = run_reconstruction(args.src, args.out, settings, args.id, storage_options=storage_options,
-                                     log=log, progress=progress)
+        summary = with_retries(run_reconstruction, args.src, args.out, settings, args.id, what=redact(args.src),
+                               storage_options=storage_options, log=log, progress=progress)
     except ZipMapError as exc:
         return _error(exc)
     if args.json:

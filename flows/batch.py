@@ -29,7 +29,8 @@ from errors import ConfigError
 from settings import ReconstructionSettings
 from storage.tables import read_manifest, write_table
 from storage.urls import join, redact
-from tasks.batch import process_collections, summary_row, with_retries
+from tasks.batch import process_collections, summary_row
+from tasks.retry import with_retries
 from validation import ValidationOutcome, manifest_row_problems, render_report, validate_manifest
 
 SUMMARY_NAME = "summary.parquet"

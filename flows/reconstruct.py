@@ -15,7 +15,9 @@ import sys
 from prefect import flow, get_run_logger
 
 from settings import ReconstructionSettings
+from storage.urls import redact
 from tasks.reconstruct import call_task, run_reconstruction
+from tasks.retry import with_retries
 
 
 @flow(name="reconstruct-collection")
@@ -29,7 +31,8 @@ def reconstruct_collection(src: str, out: str, collection_id: str | None = None,
                                       max_voxels=max_voxels, device=device or None,
                                       max_offline_frames=max_offline_frames, refine_poses=refine_poses).check_here()
     logger = get_run_logger()
-    summary = run_reconstruction(src, out, settings, collection_id, call=call_task, log=logger.info)
+    summary = with_retries(run_reconstruction, src, out, settings, collection_id, what=redact(src), call=call_task,
+                           log=logger.info)
     logger.info("complete: %s", summary["output"])
     return summary
 

@@ -23,13 +23,9 @@ retries (``storage.urls.fs_options``). A collection still failing then gets a ``
 
 from __future__ import annotations
 
-import logging
-import os
-import random
 import time
-from collections.abc import Callable
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,9 +40,8 @@ from storage.urls import join, redact
 from storage.zarr_store import read_attrs, read_status
 from validation import validate_images, validate_output
 
+from .retry import retry_policy, with_retries
 from .stages import STAGE_NAMES, run_reconstruction
-
-T = TypeVar("T")
 
 STAGES = STAGE_NAMES  # the summary's t_* columns, one per stage of the sequence
 
@@ -149,59 +144,6 @@ def _process(collection_id: str, source: str, out: str, params: dict | None, sto
                            started=started, validations=checks)
     return summary_row(collection_id, source, "complete", summary=summary, output=url,
                        seconds=time.perf_counter() - t0, started=started, validations=checks)
-
-
-logger = logging.getLogger(__name__)
-
-RETRY_ATTEMPTS = 6  # ZIPMAP_RETRY_ATTEMPTS: tries per collection for transient faults, the first included
-RETRY_BACKOFF_S = 2.0  # ZIPMAP_RETRY_BACKOFF: the first wait; each next one doubles (x0.5-1.5 jitter)
-RETRY_PATIENCE_S = 60.0  # ZIPMAP_RETRY_PATIENCE: seconds of waiting in all, at most
-
-
-def retry_policy(attempts: int | None = None, backoff_s: float | None = None,
-                 patience_s: float | None = None) -> tuple[int, float, float]:
-    """``(attempts, backoff_s, patience_s)``: the arguments given, else ``ZIPMAP_RETRY_ATTEMPTS``,
-    ``ZIPMAP_RETRY_BACKOFF``, ``ZIPMAP_RETRY_PATIENCE`` (read on the worker), else the defaults above."""
-    def pick(value, env, default, kind):
-        if value is not None:
-            return kind(value)
-        raw = os.environ.get(env, "").strip()
-        try:
-            return kind(raw) if raw else default
-        except ValueError:
-            logger.warning("%s=%r is not a number; using %s", env, raw, default)
-            return default
-
-    return (max(1, pick(attempts, "ZIPMAP_RETRY_ATTEMPTS", RETRY_ATTEMPTS, int)),
-            max(0.0, pick(backoff_s, "ZIPMAP_RETRY_BACKOFF", RETRY_BACKOFF_S, float)),
-            max(0.0, pick(patience_s, "ZIPMAP_RETRY_PATIENCE", RETRY_PATIENCE_S, float)))
-
-
-def with_retries(fn: Callable[..., T], *args, what: str = "", attempts: int | None = None,
-                 backoff_s: float | None = None, patience_s: float | None = None, **kwargs) -> T:
-    """``fn(*args, **kwargs)``, retried on transient faults: the pipeline's one retry mechanism.
-
-    Only :func:`errors.is_transient` faults are retried (object-store and network faults: timeouts,
-    resets, 5xx, throttling, a checkpoint URL that does not answer), never bad input. After the k-th
-    failed attempt it waits ``backoff_s * 2**(k-1)`` seconds times a random factor in [0.5, 1.5), for at
-    most ``attempts`` attempts and ``patience_s`` seconds of waiting in all (:func:`retry_policy`); each
-    retry is logged naming ``what``. The last fault is raised, with ``retried`` (attempts made) set on it."""
-    attempts, backoff_s, patience_s = retry_policy(attempts, backoff_s, patience_s)
-    waited = 0.0
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:
-            delay = min(backoff_s * 2 ** (attempt - 1) * (0.5 + random.random()), patience_s - waited)
-            if is_transient(exc) and attempt < attempts and delay > 0:
-                logger.warning("%s: transient fault on attempt %d of %d, retrying in %.1f s: %s: %s", what or
-                               getattr(fn, "__name__", "call"), attempt, attempts, delay, type(exc).__name__, exc)
-                time.sleep(delay)
-                waited += delay
-                continue
-            exc.retried = attempt
-            raise
-    raise AssertionError("unreachable")
 
 
 def reconstruct_one(collection_id: str, source: str, out: str, params: dict | None = None,
