@@ -177,7 +177,7 @@ class Retries(logging.Handler):
 @pytest.fixture()
 def retries():
     handler = Retries()
-    logger = logging.getLogger("tasks.batch")
+    logger = logging.getLogger("tasks.retry")
     logger.addHandler(handler)
     try:
         yield handler
