@@ -44,8 +44,8 @@ class TransientError(StorageError):
     reset, an HTTP 5xx, throttling (``SlowDown``, 503, 429), a remote checkpoint that does not answer.
 
     The one mechanism that retries these is ``tasks.retry.with_retries`` (exponential backoff with
-    jitter; each collection of a batch, the batch flow's own I/O, ``zipmap reconstruct``); bad input (:class:`InputError`, :class:`PoseCheckError`, a validation failure) is never
-    retried. :func:`is_transient` decides, :func:`io_error` turns a raw I/O exception into either."""
+    jitter; each collection of a batch, the batch flow's own I/O, ``zipmap reconstruct``); bad input
+    (:class:`InputError`, :class:`PoseCheckError`, a validation failure) is never retried. :func:`is_transient` decides, :func:`io_error` turns a raw I/O exception into either."""
 
 
 # --- one classification of I/O failures ------------------------------------------------------------
