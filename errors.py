@@ -45,7 +45,8 @@ class TransientError(StorageError):
 
     The one mechanism that retries these is ``tasks.retry.with_retries`` (exponential backoff with
     jitter; each collection of a batch, the batch flow's own I/O, ``zipmap reconstruct``); bad input
-    (:class:`InputError`, :class:`PoseCheckError`, a validation failure) is never retried. :func:`is_transient` decides, :func:`io_error` turns a raw I/O exception into either."""
+    (:class:`InputError`, :class:`PoseCheckError`, a validation failure) is never retried.
+    :func:`is_transient` decides, :func:`io_error` turns a raw I/O exception into either."""
 
 
 # --- one classification of I/O failures ------------------------------------------------------------
