@@ -18,7 +18,8 @@ that does not answer) are retried by the pipeline's one retry, ``tasks.retry.wit
 :func:`reconstruct_one` runs the collection again after an exponential backoff with jitter, for at
 most ``ZIPMAP_RETRY_ATTEMPTS`` attempts (default 6) and ``ZIPMAP_RETRY_PATIENCE`` seconds of waiting
 in all (default 60: enough to ride out an object-store outage of tens of seconds); below it each S3
-request has only botocore's few quick retries (``storage.urls.fs_options``). A collection still failing then gets a ``failed`` row.
+request has only botocore's few quick retries (``storage.urls.fs_options``). A collection still
+failing then gets a ``failed`` row.
 """
 
 from __future__ import annotations
