@@ -518,7 +518,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return verify_main(argv[1:])
     args = build_parser().parse_args(argv)
-    return COMMANDS[args.command](args)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback (a store begun is already marked failed)
+        print(f"\ninterrupted: zipmap {args.command} stopped; an output it had begun is marked failed, never "
+              "complete", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
