@@ -9,6 +9,7 @@
     zipmap generate OUT [--count N]    (synthetic collections + OUT/manifest.csv, for demos)
     zipmap deploy [--pool zipmap] [--cron "0 2 * * *"] [--param KEY=VALUE ...]
     zipmap verify FIXTURE.npz (same as python -m model.verify_reference)
+    zipmap check STORE [STORE ...] [--source SRC [--max-voxels N ...]]  (an output's integrity)
 
 ``--weights`` takes our checkpoints and the four published ``.pt`` files (the variant is recognised
 from the tensors; ``--preset`` overrides that). This module imports neither torch, Prefect nor Dask
@@ -25,21 +26,33 @@ PATH_KINDS = ("street", "orbit", "aerial", "handheld")
 
 
 def _error(exc: BaseException) -> int:
-    print(f"error: {exc}", file=sys.stderr)
+    from errors import scrub
+
+    print(f"error: {scrub(exc)}", file=sys.stderr)  # never a credential, whatever the message quotes
     return 2
 
 
-def _storage_options(path: str | None) -> dict | None:
-    """The ``--storage-options`` JSON file (ConfigError naming it when unreadable)."""
-    from errors import ConfigError
+def _storage_options(path: str | None, credentials: str | None = None) -> dict | None:
+    """The ``--storage-options`` JSON file (ConfigError naming it when unreadable), its secret values registered
+    with ``errors.scrub``; with ``credentials`` (``--credentials``: env:VAR, file:PATH, block:NAME) the options
+    that reference stands for merged over it (for the commands that do their I/O here, without Prefect)."""
+    from errors import ConfigError, register_secrets
 
-    if not path:
-        return None
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read storage options ({exc})") from None
+    options = None
+    if path:
+        try:
+            with open(path) as f:
+                options = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path}: cannot read storage options ({exc})") from None
+        if not isinstance(options, dict):
+            raise ConfigError(f"{path}: storage options must be a JSON object")
+        register_secrets(options)
+    if credentials:
+        from tasks.credentials import with_credentials
+
+        options = with_credentials(options, credentials)
+    return options
 
 
 def _settings(args, here: bool = True):
@@ -73,7 +86,7 @@ def _reconstruct(args) -> int:
 
     try:
         settings = _settings(args)
-        storage_options = _storage_options(args.storage_options)
+        storage_options = _storage_options(args.storage_options, args.credentials)
     except ZipMapError as exc:
         return _error(exc)
     from storage.urls import redact
@@ -90,7 +103,7 @@ def _reconstruct(args) -> int:
     try:
         summary = with_retries(run_reconstruction, args.src, args.out, settings, args.id, what=redact(args.src),
                                storage_options=storage_options, log=log, progress=progress)
-    except ZipMapError as exc:
+    except (ZipMapError, OSError) as exc:  # OSError: a local file of ours (--json, the checkpoint cache)
         return _error(exc)
     if args.json:
         with open(args.json, "w") as f:
@@ -105,16 +118,28 @@ def _batch(args) -> int:
 
     try:
         settings = _settings(args, here=not args.cluster)
-        storage_options = _storage_options(args.storage_options)
+        storage_options = _storage_options(args.storage_options)  # run_batch keeps its secrets out of Prefect
     except ZipMapError as exc:
         return _error(exc)
     from flows.batch import run_batch
 
     try:
         rows = run_batch(args.manifest, args.out, cluster=args.cluster, workers=args.workers, settings=settings,
-                         run_id=args.run_id, storage_options=storage_options, print_fn=print, verbose=args.verbose)
+                         run_id=args.run_id, storage_options=storage_options, print_fn=print, verbose=args.verbose,
+                         credentials=args.credentials)
     except (ZipMapError, OSError, ValueError) as exc:
         return _error(exc)
+    return _batch_exit(rows, "batch")
+
+
+def _batch_exit(rows: list[dict], command: str) -> int:
+    """The exit code of a batch: 130 when it was interrupted (said in one line), 1 when a collection failed."""
+    from flows.batch import RUN_OUTCOME
+
+    if RUN_OUTCOME.get("interrupted"):
+        print(f"interrupted: zipmap {command} stopped; the summary of every row is at {RUN_OUTCOME.get('summary')}",
+              file=sys.stderr)
+        return 130
     return 1 if any(r["status"] == "failed" for r in rows) else 0
 
 
@@ -199,12 +224,12 @@ def _demo(args) -> int:
                          print_fn=print, verbose=args.verbose)
     except (ZipMapError, OSError, ValueError) as exc:
         return _error(exc)
-    done = [r["output"] for r in rows if r["status"] in ("complete", "skipped")]
+    done = [r["output"] for r in rows if r["status"] == "complete" or (r["status"] == "skipped" and not r["reason"])]
     print(f"reconstructions in {out / 'reconstructions'}; run summaries in {out / 'reconstructions' / '_runs'}")
     if done:
         code = f"import xarray as xr; print(xr.open_datatree({done[0]!r}, engine='zarr'))"
         print(f"open one with: {_python()} -c \"{code}\"")
-    return 1 if any(r["status"] == "failed" for r in rows) else 0
+    return _batch_exit(rows, "demo")
 
 
 def _evaluation_inputs(urls: list[str], settings) -> dict:
@@ -296,7 +321,7 @@ def _manifest(args) -> int:
     from storage.urls import redact
 
     try:
-        options = _storage_options(args.storage_options)
+        options = _storage_options(args.storage_options, args.credentials)
         listing = list_collections(args.prefix, options, since=args.since)
         table = listing.table.copy()
         if not args.out.endswith(".parquet"):
@@ -316,7 +341,7 @@ def _generate(args) -> int:
     from errors import ZipMapError
 
     try:
-        options = _storage_options(args.storage_options)
+        options = _storage_options(args.storage_options, args.credentials)
     except ZipMapError as exc:
         return _error(exc)
     import pandas as pd
@@ -337,6 +362,54 @@ def _generate(args) -> int:
     manifest = write_table(pd.DataFrame(rows), join(args.out, "manifest.csv"), options)
     print(f"{len(rows)} collection(s); manifest {redact(manifest)}")
     return 0
+
+
+def _check(args) -> int:
+    """Each store's integrity, as a batch checks it before it skips an output: one line per store,
+    ``OK``, ``DAMAGED``, ``INCOMPLETE``, ``NO MANIFEST``, ``MISSING``, ``CHANGED`` (with ``--source``) or
+    ``ERROR`` (could not be checked). Exit 0 when all are OK, 2 when one could not be checked, else 1."""
+    from errors import ConfigError, ZipMapError
+
+    try:
+        storage_options = _storage_options(args.storage_options, args.credentials)
+        settings = _settings(args, here=False) if args.source else None
+        if args.source and len(args.stores) != 1:
+            raise ConfigError("--source compares one store with its collection: give one STORE")
+    except ZipMapError as exc:
+        return _error(exc)
+    from errors import scrub
+    from storage.integrity import FINGERPRINT_KEY, check_store, fingerprint_changes
+    from storage.urls import redact
+
+    codes = []
+    for url in args.stores:
+        try:
+            check = check_store(url, storage_options)
+            changes = []
+            if check.ok and settings is not None:
+                from tasks.integrity import fingerprint
+
+                changes = fingerprint_changes(check.attrs.get(FINGERPRINT_KEY),
+                                              fingerprint(args.source, settings, storage_options))
+        except ZipMapError as exc:
+            print(scrub(f"ERROR {redact(url)}: {exc}"))
+            codes.append(2)
+            continue
+        if check.ok and not changes:
+            line = f"OK {check.url}"
+        elif check.ok:
+            line = f"CHANGED {check.url}: {'; '.join(changes)}"
+        elif check.status is None:
+            line = f"MISSING {check.url}: no store"
+        elif not check.complete:
+            line = f"INCOMPLETE {check.url} (zipmap_status={check.status!r})"
+        elif not check.has_manifest:
+            line = f"NO MANIFEST {check.url}"
+        else:
+            line = f"DAMAGED {check.url}: {check.problem()}"
+        print(line)
+        codes.append(0 if line.startswith("OK ") else 1)
+    return max(codes, default=0)
 
 
 def _deploy(args) -> int:
@@ -373,6 +446,7 @@ def format_summary(s: dict) -> str:
                    f"{vol['observed_fraction']:.1%} observed, {vol['occupied_fraction']:.1%} near surfaces"),
         ("time", ", ".join(f"{k} {v:.2f}s" for k, v in s["timings"].items())),
     ]
+    rows += [("warning", w) for w in pc.get("warnings") or ()]  # e.g. a capture without baseline: never silent
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -412,6 +486,10 @@ def _storage_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage-options", default=None, metavar="FILE.json",
                    help="fsspec/s3fs options as JSON (endpoint_url, key, secret, ...); default: the AWS_* "
                         "environment variables")
+    p.add_argument("--credentials", default=None, metavar="REF",
+                   help="secret storage options by reference, never on the command line: env:VAR (a JSON object in "
+                        "that variable), file:PATH (a JSON file) or block:NAME (a Prefect Secret block); merged over "
+                        "--storage-options")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -504,11 +582,37 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fail if the work pool does not exist instead of creating it")
 
     command("verify", "check parity with a reference fixture (see python -m model.verify_reference -h)")
+
+    chk = command("check", "check outputs: complete, every chunk they recorded there (exit 0 only when all are OK)")
+    chk.add_argument("stores", nargs="+", metavar="STORE", help="stores (OUT/<collection_id>.zarr), paths or URLs")
+    chk.add_argument("--source", default=None, metavar="SRC",
+                     help="also compare the store's fingerprint with this collection and the options below (the "
+                          "run's own: inputs, parameters, weights); one STORE only")
+    chk.add_argument("--weights", default=None, help="with --source: the run's checkpoint (default: the bundled model)")
+    chk.add_argument("--preset", default=None, metavar="NAME", help="with --source: the run's --preset")
+    _volume_options(chk)
+    chk.add_argument("--max-offline-frames", type=int, default=None, help="with --source: the run's value")
+    _storage_option(chk)
     return parser
 
 
+def _sigterm_interrupts() -> None:
+    """SIGTERM (a scheduler stopping the job, ``kill``) ends a command as Ctrl-C does: one line, exit 130, an
+    output it had begun marked failed (``zipmap batch`` installs its own clean stop over this)."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (main() called from a thread): leave the default
+        pass
+
+
 COMMANDS = {"reconstruct": _reconstruct, "batch": _batch, "evaluate": _evaluate, "demo": _demo,
-            "predict": _predict, "manifest": _manifest, "generate": _generate, "deploy": _deploy}
+            "predict": _predict, "manifest": _manifest, "generate": _generate, "deploy": _deploy,
+            "check": _check}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -518,6 +622,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return verify_main(argv[1:])
     args = build_parser().parse_args(argv)
+    _sigterm_interrupts()
+    from errors import install_log_scrubbing
+
+    install_log_scrubbing()  # log lines and tracebacks of every command through errors.scrub
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:  # Ctrl-C: one line, no traceback (a store begun is already marked failed)

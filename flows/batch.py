@@ -15,7 +15,11 @@ artifact with the same rows, and returns the rows.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import signal
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -25,11 +29,12 @@ import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from errors import ConfigError
+from errors import ConfigError, register_secrets, register_url_secrets, scrub, scrub_all
 from settings import ReconstructionSettings
 from storage.tables import read_manifest, write_table
-from storage.urls import join, redact
+from storage.urls import join, redact, split_secrets
 from tasks.batch import process_collections, summary_row
+from tasks.credentials import CREDENTIALS_ENV, refuse_plain_secrets, secret_names, with_credentials
 from tasks.retry import with_retries
 from validation import ValidationOutcome, manifest_row_problems, render_report, validate_manifest
 
@@ -38,6 +43,77 @@ SUMMARY_NAME = "summary.parquet"
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+
+
+# --- stopping on Ctrl-C or SIGTERM ------------------------------------------------------------------------
+# The first SIGINT or SIGTERM sets STOP: the batch submits nothing more (queued collections are cancelled),
+# gives the collections already running STOP_GRACE_S seconds to finish, marks the rest failed, writes the
+# summary, stops the processes it started and returns; `zipmap batch` then exits with 130. A second signal
+# stops at once (KeyboardInterrupt).
+class _Flag:
+    """A plain flag (set by a signal handler, read by the flow). Not a threading.Event: Prefect ships the flow
+    function, and with it the globals it uses, to the Dask workers, and a lock cannot be pickled."""
+
+    def __init__(self):
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+
+STOP = _Flag()
+STOP_GRACE_ENV = "ZIPMAP_STOP_GRACE"
+STOP_GRACE_S = 10.0
+INTERRUPTED = "interrupted"
+
+
+def stop_grace() -> float:
+    try:
+        return max(0.0, float(os.environ.get(STOP_GRACE_ENV, STOP_GRACE_S)))
+    except ValueError:
+        return STOP_GRACE_S
+
+
+def _on_stop_signal(signum, frame) -> None:
+    if STOP.is_set():
+        raise KeyboardInterrupt
+    STOP.set()
+    name = signal.Signals(signum).name
+    print(f"\n{name}: stopping: no new collections; running ones get {stop_grace():.0f} s to finish, then the "
+          "summary is written (again to stop at once)", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGINT and SIGTERM set :data:`STOP` (see above) while inside; the previous handlers come back afterwards.
+    Only in the main thread (elsewhere Python cannot handle signals; nothing changes). Prefect installs its own
+    SIGTERM handler for the length of a flow run, so the flow body enters this again."""
+    if threading.current_thread() is not threading.main_thread():
+        yield STOP
+        return
+    saved = {sig: signal.signal(sig, _on_stop_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield STOP
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def _die_with_parent() -> None:
+    """In a child process before exec (Linux): SIGTERM it when the process that started it dies, even by
+    ``kill -9``, so the run's own Prefect server never outlives the run."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001  (not Linux: the server is still stopped on every normal or signalled exit)
+        pass
 
 
 PROFILE_ENV = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"
@@ -108,15 +184,18 @@ def cluster_slots(runner) -> tuple[int, int]:
 
 def closing_table(rows: list[dict]) -> str:
     """The terminal's closing table: one line per collection, then counts."""
-    width = max([len(r["collection_id"] or "") for r in rows] + [13])
+    rows = [{**r, "collection_id": scrub(r["collection_id"] or "")} for r in rows]
+    width = max([len(r["collection_id"]) for r in rows] + [13])
     lines = [f"{'collection_id':<{width}}  {'status':<8}  {'seconds':>7}  reason / output"]
     for r in rows:
-        detail = r["reason"] if r["status"] == "failed" else r["output"]
-        lines.append(f"{(r['collection_id'] or '')[:width]:<{width}}  {r['status']:<8}  {r['seconds']:>7.1f}  "
+        detail = r["reason"] if r["status"] == "failed" else \
+            (f"{r['output']} ({r['reason']})" if r.get("reason") else r["output"])  # e.g. busy, redone, a warning
+        detail = scrub(detail)  # scrubbed whole, then cut
+        lines.append(f"{r['collection_id'][:width]:<{width}}  {r['status']:<8}  {r['seconds']:>7.1f}  "
                      f"{detail[:160]}")
     counts = pd.Series([r["status"] for r in rows]).value_counts().to_dict() if rows else {}
     lines.append(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no collections")
-    return "\n".join(lines)
+    return scrub("\n".join(lines))
 
 
 class ClusterError(ConfigError):
@@ -161,11 +240,16 @@ def _dask_runner(cluster: str | None, workers: int):
     try:
         yield runner
     finally:
-        close_workers(runner)
+        if STOP.is_set():  # interrupted: a worker busy with a collection is killed, as said; no warning about it
+            import logging
+
+            logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
+        close_workers(runner, STOP_CLOSE_TIMEOUT if STOP.is_set() else WORKER_EXIT_TIMEOUT)
         runner.__exit__(None, None, None)
 
 
 WORKER_EXIT_TIMEOUT = 60.0  # seconds a LocalCluster worker process may take to exit at the end of a batch
+STOP_CLOSE_TIMEOUT = 3.0  # ... and after an interrupt (a worker still busy with a collection is killed then)
 
 
 def close_workers(runner, timeout: float = WORKER_EXIT_TIMEOUT) -> None:
@@ -205,14 +289,88 @@ def _dashboard_link(runner) -> str | None:
         return None
 
 
+def _executing(runner) -> set:
+    """Keys of the tasks the workers of ``runner``'s cluster are executing now (not merely queued)."""
+    def executing(dask_worker) -> list:
+        return [str(ts.key) for ts in getattr(dask_worker.state, "executing", ())]
+
+    try:
+        return {key for keys in runner.client.run(executing).values() for key in keys}
+    except Exception:  # noqa: BLE001  (unknown: treat every task as running; the grace period still bounds the wait)
+        return {str(f.key) for f in runner.client.futures.values()} if hasattr(runner.client, "futures") else set()
+
+
+def _collect(runner, groups: list[list[int]], futures: list, df: pd.DataFrame, logger) -> dict[int, dict]:
+    """The rows of the submitted groups, by manifest index, as they finish. On :data:`STOP` the groups not yet
+    executing are cancelled and the executing ones get :func:`stop_grace` seconds; groups without rows then are
+    left out (the caller writes :func:`interrupted_row` for them)."""
+    by_index: dict[int, dict] = {}
+    pending = dict(enumerate(futures))
+    deadline = None
+    while pending:
+        if STOP.is_set() and deadline is None:
+            deadline = time.monotonic() + stop_grace()
+            executing = _executing(runner)
+            queued = [k for k, future in pending.items()
+                      if str(future.wrapped_future.key) not in executing and not future.wrapped_future.done()]
+            for k in queued:
+                pending.pop(k).wrapped_future.cancel()
+            logger.warning("interrupted: %d queued task(s) cancelled; waiting up to %.0f s for %d running",
+                           len(queued), stop_grace(), len(pending))
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        done = [k for k, future in pending.items() if future.wrapped_future.done()]
+        for k in done:
+            future, group = pending.pop(k), groups[k]
+            try:
+                for i, row in zip(group, future.result()):
+                    by_index[i] = row
+            except Exception as exc:  # the task itself failed (a worker lost too often)  # noqa: BLE001
+                if STOP.is_set():
+                    continue  # killed by the interrupt: interrupted_row tells what became of each collection
+                for i in group:
+                    by_index[i] = summary_row(df.at[i, "collection_id"], df.at[i, "source"], "failed",
+                                              f"{type(exc).__name__}: {exc}")
+        if pending and not done:
+            time.sleep(0.2)
+    return by_index
+
+
+def interrupted_row(collection_id: str, source: str, out: str, storage_options: dict | None, run_id: str) -> dict:
+    """The row of a collection the interrupted run did not see to its end, from what its store says: complete
+    by this run (it finished after all), begun by this run (now marked failed: the worker that wrote it is
+    gone) or not touched."""
+    from storage.zarr_store import RUN_KEY, STATUS_KEY, ReconstructionStore, read_attrs
+
+    url = join(out, f"{collection_id}.zarr")
+    try:
+        attrs = read_attrs(url, storage_options) or {}
+    except Exception:  # noqa: BLE001
+        attrs = {}
+    ours = attrs.get(RUN_KEY) == run_id
+    if ours and attrs.get(STATUS_KEY) == "complete":
+        return summary_row(collection_id, source, "complete", summary=attrs.get("summary"), output=url)
+    if ours:
+        ReconstructionStore(url, storage_options, run_id=run_id).fail(f"{INTERRUPTED}: the run was stopped")
+        return summary_row(collection_id, source, "failed", f"{INTERRUPTED}: stopped while it was being written "
+                           "(its store is marked failed)", output=url)
+    return summary_row(collection_id, source, "failed", f"{INTERRUPTED}: the run was stopped before it was done")
+
+
+
 @flow(name="reconstruct-batch")
 def reconstruct_batch(manifest: str | None = None, out: str = "", weights: str | None = None,
                       voxel_size: float | None = None, max_voxels: int = 128, device: str | None = None,
                       run_id: str | None = None, gpu: bool | None = None, storage_options: dict | None = None,
                       collections_per_task: int | None = None, cluster: str | None = None, workers: int = 2,
                       prefix: str | None = None, since: str | None = None, preset: str | None = None,
-                      refine_poses: str = "auto") -> list[dict]:
+                      refine_poses: str = "auto", credentials: str | None = None) -> list[dict]:
     """Every collection of ``manifest`` into ``OUT/<collection_id>.zarr``; returns the summary rows.
+
+    ``storage_options``: public fsspec options only (endpoint_url, region, ...): Prefect keeps a run's
+    parameters, so secret values there (key, secret, token, ...) or URLs with credentials are refused in one
+    line. ``credentials``: a reference to the secret ones, ``env:VAR`` / ``file:PATH`` / ``block:NAME``
+    (:mod:`tasks.credentials`), resolved here and on each worker.
 
     ``manifest``: a CSV/Parquet URL; or leave it empty and give ``prefix``, whose collections are
     listed as ``zipmap manifest PREFIX`` does (``since``: only those changed after a time, e.g.
@@ -225,6 +383,9 @@ def reconstruct_batch(manifest: str | None = None, out: str = "", weights: str |
     :func:`plan_groups`, from the cluster's task slots. ``weights``: a checkpoint URL (the four published
     ``.pt`` files are recognised; ``preset`` overrides that); empty: the bundled model."""
     logger = get_run_logger()
+    refuse_plain_secrets("reconstruct-batch", storage_options, manifest=manifest, out=out, prefix=prefix,
+                         weights=weights)
+    public, storage_options = storage_options, with_credentials(storage_options, credentials)  # the I/O's own
     settings = ReconstructionSettings(weights=weights or None, preset=preset or None, voxel_size=voxel_size,
                                       max_voxels=max_voxels, device=device or None, refine_poses=refine_poses)
     if not cluster:  # the stages run on this machine's local cluster
@@ -248,10 +409,13 @@ def reconstruct_batch(manifest: str | None = None, out: str = "", weights: str |
         logger.info("%d collection(s) under %s%s", len(df), redact(prefix), f" changed since {since}" if since else "")
     else:
         raise ConfigError("reconstruct-batch: give `manifest` (a CSV/Parquet URL) or `prefix` (a folder to list)")
+    for src in df["source"] if "source" in df else ():  # before the report or a log line can quote them
+        if isinstance(src, str):
+            register_url_secrets(src)
     problems = manifest_row_problems(df)  # plain pandas: decides which rows run
     params = settings.to_dict()
     todo = [i for i in df.index if i not in problems]
-    with _dask_runner(cluster, workers) as runner:
+    with stop_on_signals(), _dask_runner(cluster, workers) as runner:
         link = _dashboard_link(runner)
         if link:
             logger.info("Dask dashboard: %s", link)
@@ -266,28 +430,24 @@ def reconstruct_batch(manifest: str | None = None, out: str = "", weights: str |
         resources = dask.annotate(resources={"GPU": 1}) if gpu else contextlib.nullcontext()
         with resources:
             for group in groups:
+                if STOP.is_set():  # interrupted: nothing more is submitted
+                    break
                 items = [(df.at[i, "collection_id"], df.at[i, "source"]) for i in group]
                 futures.append(runner.submit(process_collections, parameters={
-                    "items": items, "out": out, "params": params, "storage_options": storage_options,
-                    "run_id": run_id}))
+                    "items": items, "out": out, "params": params, "storage_options": public,
+                    "credentials": credentials, "run_id": run_id}))
         manifest_outcome = validate_manifest(df)  # the full suite, for the report, while the workers run
-        by_index: dict[int, dict] = {}
-        for group, future in zip(groups, futures):
-            try:
-                for i, row in zip(group, future.result()):
-                    by_index[i] = row
-            except Exception as exc:  # the task itself failed (a worker lost too often)  # noqa: BLE001
-                for i in group:
-                    by_index[i] = summary_row(df.at[i, "collection_id"], df.at[i, "source"], "failed",
-                                              f"{type(exc).__name__}: {exc}")
+        by_index = _collect(runner, groups, futures, df, logger)
     rows = []
     for i, row in df.iterrows():
         if i in problems:
             cid, src = row["collection_id"], row["source"]
             rows.append(summary_row(cid if isinstance(cid, str) else "", src if isinstance(src, str) else "",
                                     "failed", f"manifest row {i + 1}: {problems[i]}"))
-        else:
+        elif i in by_index:
             rows.append(by_index[i])
+        else:  # interrupted before it ended
+            rows.append(interrupted_row(row["collection_id"], row["source"], out, storage_options, run_id))
     elapsed = time.perf_counter() - t0
     # the suites that ran, for the report: the manifest's, then each collection's (carried back in its row)
     sections = [("manifest", manifest_outcome)]
@@ -298,10 +458,12 @@ def reconstruct_batch(manifest: str | None = None, out: str = "", weights: str |
     if "started" in table:  # epoch seconds in the rows, a UTC timestamp in the table
         table["started"] = pd.to_datetime(table["started"].astype(float), unit="s", utc=True)
     table["run_id"] = run_id
-    with_retries(write_table, table, join(run_dir, SUMMARY_NAME), storage_options, what="the run summary")
     report = render_report(sections, f"Batch {run_id}: {redact(manifest)}", collections=rows)
-    with_retries(_write_text, join(run_dir, "validation.md"), report, storage_options,
-                 what="the validation report")
+    saved = save_run_files(run_dir, run_id, table, report, storage_options)
+    RUN_OUTCOME.update(run_id=run_id, summary=saved["summary"], fallback=saved.get("fallback"),
+                       interrupted=STOP.is_set())
+    if saved.get("fallback"):
+        logger.warning(saved["fallback"])
     create_table_artifact(table=[_artifact_row(r) for r in rows], key="batch-summary",
                           description=f"run {run_id}: {redact(out)}")
     create_markdown_artifact(markdown=report, key="batch-validation-report")
@@ -309,9 +471,46 @@ def reconstruct_batch(manifest: str | None = None, out: str = "", weights: str |
     return rows
 
 
+FALLBACK_ENV = "ZIPMAP_FALLBACK_DIR"
+RUN_OUTCOME: dict = {}  # what the last batch of this process did with its summary: run_batch reports it
+
+
+def fallback_dir() -> str:
+    """Where a run's summary goes when OUT cannot take it (a full disk, a lost bucket): ``$ZIPMAP_FALLBACK_DIR``,
+    else ``$XDG_STATE_HOME/zipmap/runs`` (``~/.local/state/zipmap/runs``)."""
+    if os.environ.get(FALLBACK_ENV):
+        return os.environ[FALLBACK_ENV]
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "zipmap", "runs")
+
+
+def save_run_files(run_dir: str, run_id: str, table: pd.DataFrame, report: str,
+                   storage_options: dict | None) -> dict:
+    """``summary.parquet`` and ``validation.md`` into ``run_dir``; if that fails, into :func:`fallback_dir` /
+    run id on this machine. Returns ``{"summary": where the summary is, "fallback": the one line saying so, if
+    it came to that}``. The rows are never lost: a table is written whole or not at all (never a 0-byte file)."""
+    patience = 5.0 if STOP.is_set() else None  # after an interrupt, do not wait out a long outage
+    target = join(run_dir, SUMMARY_NAME)
+    try:
+        with_retries(write_table, table, target, storage_options, what="the run summary", patience_s=patience)
+        with_retries(_write_text, join(run_dir, "validation.md"), report, storage_options,
+                     what="the validation report", patience_s=patience)
+        return {"summary": target}
+    except Exception as exc:  # noqa: BLE001  (any failure: the rows go to the fallback, said in one line)
+        reason = str(exc)
+    local = os.path.join(fallback_dir(), run_id)
+    os.makedirs(local, exist_ok=True)
+    write_table(table, os.path.join(local, SUMMARY_NAME))
+    with open(os.path.join(local, "validation.md"), "w") as f:
+        f.write(report)
+    where = os.path.join(local, SUMMARY_NAME)
+    return {"summary": where, "fallback": f"the run summary could not be written to {redact(run_dir)} ({reason}); "
+                                          f"it is at {where}"}
+
+
 def _artifact_row(row: dict) -> dict:
-    """A summary row for the table artifact (JSON): NaN as null, ``started`` as UTC ISO 8601."""
-    out = {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+    """A summary row for the table artifact (JSON): NaN as null, ``started`` as UTC ISO 8601, text scrubbed."""
+    out = {k: (None if isinstance(v, float) and v != v else scrub_all(v)) for k, v in row.items()}
     if out.get("started") is not None:
         out["started"] = pd.Timestamp(out["started"], unit="s", tz="UTC").isoformat()
     return out
@@ -367,7 +566,6 @@ def prefect_api(log: Callable[[str], None] | None = None):
     import shutil
     import tempfile
 
-    from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import (
         PREFECT_HOME,
         PREFECT_PROFILES_PATH,
@@ -386,7 +584,7 @@ def prefect_api(log: Callable[[str], None] | None = None):
     server = None
     try:
         with _environ(env), temporary_settings(updates=settings):
-            server = SubprocessASGIServer()
+            server = _run_server_class()()
             server.start(timeout=120)
             if log:
                 log(f"started a local Prefect server for this run at {server.api_url}")
@@ -400,6 +598,30 @@ def prefect_api(log: Callable[[str], None] | None = None):
         if server is not None:
             server.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _run_server_class():
+    """Prefect's temporary-server class, its process started so that it dies with this one (:func:`_die_with_parent`):
+    a batch killed by SIGKILL leaves no server behind. The command line is Prefect's own (uvicorn serving the API
+    factory on 127.0.0.1, no UI)."""
+    import subprocess
+
+    import prefect
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
+
+    class RunServer(SubprocessASGIServer):
+        _instances: dict = {}
+
+        def _run_uvicorn_command(self) -> subprocess.Popen:
+            env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+                   "PREFECT__SERVER_FINAL": "1", **get_current_settings().to_environment_variables(exclude_unset=True)}
+            command = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
+                       "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+                       "--log-level", "error", "--lifespan", "on"]
+            return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
+
+    return RunServer
 
 
 QUIET_ENV = {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING", "DASK_LOGGING__DISTRIBUTED": "warning"}
@@ -436,30 +658,69 @@ def quiet_logs(verbose: bool = False):
             obj.setLevel(level)
 
 
+def secrets_by_reference(storage_options: dict | None, credentials: str | None,
+                         cluster: str | None) -> tuple[dict | None, dict[str, str], str | None]:
+    """``(public storage options, environment, credentials reference)`` for a batch given ``storage_options``
+    that may hold secrets (``zipmap batch --storage-options FILE.json``).
+
+    Prefect records a flow run's parameters when the run is created, so the split happens here, before: the
+    secret part stays in this process, in the environment variable :data:`tasks.credentials.CREDENTIALS_ENV`
+    (set for the length of the run, after the Prefect server started; the LocalCluster workers started
+    meanwhile inherit it), and the flow gets ``credentials="env:ZIPMAP_RUN_CREDENTIALS"``. Refused in one line:
+    secrets together with ``credentials``, and secrets with a ``cluster`` address (its workers would not see
+    this process's environment: a Prefect Secret block, ``block:NAME``, or their own environment serve)."""
+    public, secret = split_secrets(storage_options)
+    if not secret:
+        return storage_options, {}, credentials
+    register_secrets(secret)
+    names = ", ".join(secret_names(secret))
+    if credentials:
+        raise ConfigError(f"--storage-options holds secret values ({names}) and --credentials is given too: give "
+                          "the secrets one way")
+    if cluster:
+        raise ConfigError(f"--storage-options holds secret values ({names}), which the workers of --cluster {cluster} "
+                          "cannot be handed without Prefect keeping them: save them in a Prefect Secret block and pass "
+                          "--credentials block:NAME, or set them in the workers' environment (AWS_* variables, or a "
+                          "JSON object in a variable, --credentials env:VAR); keep only public options in the file")
+    return public, {CREDENTIALS_ENV: json.dumps(secret)}, f"env:{CREDENTIALS_ENV}"
+
+
 def run_batch(manifest: str | None, out: str, cluster: str | None = None, workers: int = 2,
               settings: ReconstructionSettings | None = None, run_id: str | None = None,
               storage_options: dict | None = None,
               print_fn: Callable[[str], None] | None = None, collections_per_task: int | None = None,
-              prefix: str | None = None, since: str | None = None, verbose: bool = False) -> list[dict]:
+              prefix: str | None = None, since: str | None = None, verbose: bool = False,
+              credentials: str | None = None) -> list[dict]:
     """``zipmap batch``: run the flow (against ``PREFECT_API_URL``, else a local server), print the
-    closing table. Prefect's and Dask's INFO lines only with ``verbose`` (see :func:`quiet_logs`)."""
+    closing table. Prefect's and Dask's INFO lines only with ``verbose`` (see :func:`quiet_logs`).
+    Secrets in ``storage_options`` never become flow parameters (:func:`secrets_by_reference`)."""
     # configuration errors end here with one clear line, before a flow run (and its traceback) starts
     settings = settings or ReconstructionSettings()
     if not cluster:
         settings.check_here()
+    refuse_plain_secrets("zipmap batch", None, manifest=manifest, out=out, prefix=prefix, weights=settings.weights)
+    options = with_credentials(storage_options, credentials)  # this process's own I/O
+    storage_options, secret_env, credentials = secrets_by_reference(storage_options, credentials, cluster)
     if manifest:
-        with_retries(read_manifest, manifest, storage_options, what=redact(manifest))
+        with_retries(read_manifest, manifest, options, what=redact(manifest))
     if cluster:
         check_cluster(cluster)
-    with quiet_logs(verbose), prefect_api(print_fn):
+    STOP.clear()
+    RUN_OUTCOME.clear()
+    # the first Ctrl-C or SIGTERM from here on stops the batch cleanly (see STOP); the Prefect server and the
+    # workers started below are stopped on the way out
+    with stop_on_signals(), quiet_logs(verbose), prefect_api(print_fn), _environ(secret_env):
         rows = reconstruct_batch(manifest, out, settings.weights, settings.voxel_size, settings.max_voxels,
                                  settings.device, run_id, None, storage_options, collections_per_task,
                                  cluster=cluster, workers=workers, prefix=prefix, since=since, preset=settings.preset,
-                                 refine_poses=settings.refine_poses)
+                                 refine_poses=settings.refine_poses, credentials=credentials)
     if print_fn is not None:
         print_fn(closing_table(rows))
+        if RUN_OUTCOME.get("fallback"):
+            print_fn(scrub(RUN_OUTCOME["fallback"]))
     return rows
 
 
 __all__ = ["reconstruct_batch", "run_batch", "task_runner", "worker_config", "plan_groups", "cluster_slots",
-           "closing_table", "new_run_id", "ClusterError", "check_cluster", "SUMMARY_NAME", "prefect_api", "quiet_logs"]
+           "closing_table", "new_run_id", "ClusterError", "check_cluster", "SUMMARY_NAME", "prefect_api", "quiet_logs",
+           "STOP", "RUN_OUTCOME", "stop_on_signals", "interrupted_row", "save_run_files", "fallback_dir"]

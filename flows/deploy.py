@@ -13,7 +13,10 @@ Three deployments, all in the process work pool ``zipmap`` (created when missing
 
 The entrypoints are module paths (``flows.batch.reconstruct_batch``), so a Prefect worker runs them
 from the installed package (a container image or a virtual environment), not from a copied folder.
-Defaults come from :mod:`settings`.
+Defaults come from :mod:`settings`. Deployment parameters are stored by Prefect, so secrets never go
+there: ``--param storage_options=...`` with secret values (or a URL parameter with credentials) is
+refused; give ``--param credentials=block:NAME`` (a Prefect Secret block holding the JSON storage
+options) or ``env:VAR`` set on the workers (:mod:`tasks.credentials`).
 """
 
 from __future__ import annotations
@@ -98,14 +101,17 @@ def deploy(settings: Settings | None = None, pool: str | None = None, cron: str 
 
     from flows.batch import reconstruct_batch
     from flows.reconstruct import reconstruct_collection
+    from tasks.credentials import refuse_plain_secrets
 
     settings = settings or load_settings()
     pool = pool or settings.work_pool
     cron = cron or settings.nightly_cron
     timezone = timezone or settings.timezone
+    batch_params = batch_parameters(settings, parameters)
+    refuse_plain_secrets("zipmap deploy", batch_params.get("storage_options"),
+                         **{k: batch_params.get(k) for k in ("manifest", "prefix", "out", "weights")})
     check_api()
     ensure_pool(pool, create_pool)
-    batch_params = batch_parameters(settings, parameters)
     try:
         schedule = Cron(cron, timezone=timezone)
     except ValueError as exc:

@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 
 from settings import ReconstructionSettings
 from storage.urls import redact
+from tasks.credentials import refuse_plain_secrets, with_credentials
 from tasks.reconstruct import call_task, run_reconstruction
 from tasks.retry import with_retries
 
@@ -24,15 +25,21 @@ from tasks.retry import with_retries
 def reconstruct_collection(src: str, out: str, collection_id: str | None = None, weights: str | None = None,
                            voxel_size: float | None = None, max_voxels: int = 128, device: str | None = None,
                            max_offline_frames: int | None = None, refine_poses: str = "auto",
-                           preset: str | None = None) -> dict:
+                           preset: str | None = None, storage_options: dict | None = None,
+                           credentials: str | None = None) -> dict:
     """Reconstruct one collection (local path or URL) into ``OUT/<collection_id>.zarr``. ``weights``: a
-    checkpoint URL (the published ``.pt`` files are recognised; ``preset`` overrides); empty: bundled."""
+    checkpoint URL (the published ``.pt`` files are recognised; ``preset`` overrides); empty: bundled.
+    ``storage_options``: public fsspec options only (secret values there, or URLs with credentials, are refused
+    in one line: Prefect keeps a run's parameters); ``credentials``: the secret ones by reference, ``env:VAR``,
+    ``file:PATH`` or ``block:NAME`` (:mod:`tasks.credentials`)."""
+    refuse_plain_secrets("reconstruct-collection", storage_options, src=src, out=out, weights=weights)
+    storage_options = with_credentials(storage_options, credentials)
     settings = ReconstructionSettings(weights=weights or None, preset=preset or None, voxel_size=voxel_size,
                                       max_voxels=max_voxels, device=device or None,
                                       max_offline_frames=max_offline_frames, refine_poses=refine_poses).check_here()
     logger = get_run_logger()
     summary = with_retries(run_reconstruction, src, out, settings, collection_id, what=redact(src), call=call_task,
-                           log=logger.info)
+                           log=logger.info, storage_options=storage_options)
     logger.info("complete: %s", summary["output"])
     return summary
 

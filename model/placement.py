@@ -16,10 +16,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from errors import ConfigError, PoseCheckError
+from pose_rules import MAX_VOXEL_M, MIN_VOXEL_M, length_text, metres_per_unit
+
 from . import fusion
 from .geometry import world_points_from_depth
 from .inference import Views, ZipResult
-from .pose_checks import PoseCheckReport, check_convention, compare_poses
+from .pose_checks import (
+    PoseCheckReport,
+    check_convention,
+    check_scene_scale,
+    compare_poses,
+    flag_predicted_baseline,
+)
 
 
 @dataclass
@@ -39,6 +48,7 @@ class Scene:
     metric: bool
     report: PoseCheckReport
     info: dict = field(default_factory=dict)
+    source: str = ""  # the pose file (or the collection), named in messages
 
     def world_points(self) -> np.ndarray:
         """``[S, h, w, 3]`` float32 world points relative to ``origin`` (computed once)."""
@@ -72,13 +82,18 @@ def place_in_world(names: tuple[str, ...], given: np.ndarray | None, units: str 
                    views: Views, zr: ZipResult, report: PoseCheckReport, source: str) -> Scene:
     """Given cameras ``given`` (``[S, 3, 4]`` world-to-camera, or None) fix the world frame and metric scale,
     after the convention check names any OpenGL/OpenCV or camera-to-world mix-up (``source`` names the
-    pose file in messages); else the first predicted camera is the world frame, in scene units."""
+    pose file in messages); else the first predicted camera is the world frame, in scene units.
+
+    Given cameras must put a metric scale on the predicted depth within the physical limits
+    (:func:`check_scene_scale` raises otherwise); predicted cameras that barely move against the scene
+    depth are flagged in the report (:func:`flag_predicted_baseline`)."""
     if given is None:  # re-anchor exactly on the first predicted camera
         T = np.tile(np.eye(4), (len(zr.cam_from_world), 1, 1))
         T[:, :3] = zr.cam_from_world
         cams = (T @ np.linalg.inv(T[0]))[:, :3]
+        report = flag_predicted_baseline(report, cams, zr.depth)
         return Scene(names, zr.images, zr.depth, zr.depth_conf, cams, cams, zr.intrinsics, np.zeros(3), "1", crs,
-                     False, report)
+                     False, report, source=source)
     given = np.asarray(given, dtype=np.float64)
     origin = choose_origin(given)
     local = with_origin(given, origin)  # translation-only change: conventions and scores are unaffected
@@ -86,11 +101,12 @@ def place_in_world(names: tuple[str, ...], given: np.ndarray | None, units: str 
     valid = zr.depth[zr.depth > 0]
     median = float(np.median(valid)) if valid.size else 1.0
     report = compare_poses(zr.cam_from_world, local, median, report)
+    check_scene_scale(median, report, units, source)
     s, R, t = (report.alignment[k] for k in ("scale", "rotation", "translation"))
     Rp = zr.cam_from_world[:, :3, :3] @ np.asarray(R).T  # predicted cameras in the given world frame
     predicted = np.concatenate([Rp, (s * zr.cam_from_world[:, :3, 3] - Rp @ np.asarray(t))[..., None]], axis=-1)
     return Scene(names, zr.images, (zr.depth * report.depth_scale).astype(np.float32), zr.depth_conf, local,
-                 predicted, views.intrinsics, origin, units or "m", crs, True, report)
+                 predicted, views.intrinsics, origin, units or "m", crs, True, report, source=source)
 
 
 @dataclass
@@ -110,7 +126,8 @@ BOUNDS_SAMPLES = 1 << 16
 def plan_volume(scene: Scene, voxel_size: float | None = None, max_voxels: int = 128, truncation_voxels: float = 3.0,
                 min_conf_quantile: float = 0.2) -> VolumePlan:
     """The grid over the robust bounds of the confident points (before anything is written, so a grid
-    that cannot be made fails without touching the output)."""
+    that cannot be made fails without touching the output). Non-finite bounds, or a metric voxel size
+    outside ``pose_rules.MIN_VOXEL_M`` to ``MAX_VOXEL_M``, raise naming the pose file."""
     points = torch.from_numpy(scene.world_points()).reshape(-1, 3)
     conf = torch.from_numpy(scene.depth_conf).reshape(-1)
     keep = torch.from_numpy(scene.depth > 0).reshape(-1) & torch.isfinite(points).all(1)
@@ -119,9 +136,21 @@ def plan_volume(scene: Scene, voxel_size: float | None = None, max_voxels: int =
         step = max(1, len(kept) // BOUNDS_SAMPLES)
         keep &= conf >= float(np.quantile(kept[::step], min_conf_quantile))  # a partition, not torch's full sort
     lo, hi = fusion.scene_bounds(points[keep], conf[keep], max_samples=BOUNDS_SAMPLES)
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+        raise PoseCheckError(f"{scene.source or 'the collection'}: no finite scene point to plan the volume "
+                             "around (the predicted depth or the cameras are not finite)")
     provisional = voxel_size or float(np.max(hi - lo)) / max_voxels
     grid = fusion.make_grid(lo - truncation_voxels * provisional, hi + truncation_voxels * provisional, voxel_size,
                             max_voxels=max_voxels)
+    per_unit = metres_per_unit(scene.units) or 1.0
+    metres = grid.voxel_size * per_unit
+    if scene.metric and not MIN_VOXEL_M <= metres <= MAX_VOXEL_M:
+        size = length_text(metres, scene.units, per_unit)
+        if voxel_size is not None:
+            raise ConfigError(f"voxel size {size} is outside the limits of {MIN_VOXEL_M:g} to {MAX_VOXEL_M:g} m")
+        raise PoseCheckError(f"{scene.source or 'the collection'}: the planned voxel size {size} (the scene spans "
+                             f"{length_text(float(np.max(hi - lo)) * per_unit, scene.units, per_unit)} over "
+                             f"{max_voxels} voxels) is outside the limits of {MIN_VOXEL_M:g} to {MAX_VOXEL_M:g} m")
     return VolumePlan(grid, truncation_voxels * grid.voxel_size, lo, hi)
 
 

@@ -2,8 +2,17 @@
 
 Before (:func:`check_given_poses`, needs only the given cameras): finite values, proper rotations
 (orthonormal, det +1), positive focal lengths, principal point inside the image, no duplicated
-cameras, a baseline (the cameras are not all in one place). A failure raises
+cameras, a baseline (the cameras are not all in one place), and the physical limits of
+``pose_rules`` in the pose file's units converted to metres: focal lengths within a pinhole's field
+of view and with square-ish pixels, camera positions within 1e8 m of the origin, a baseline from
+1 mm to 100 km, and no float64 precision lost to coordinates far from the origin. A failure raises
 :class:`errors.PoseCheckError` naming the pose file, the image and the reason.
+:func:`check_distinct_images` refuses two images with the same pixels (a duplicated photo), with or
+without poses.
+
+After the zip pass, :func:`check_scene_scale` refuses a metric depth scale outside the physical
+limits (the given cameras disagree with the scene's size) and :func:`flag_predicted_baseline` flags
+a capture without poses whose predicted cameras hardly move against the scene depth.
 
 After (:func:`check_convention`, :func:`compare_poses`, need the network's predictions):
 
@@ -22,13 +31,27 @@ After (:func:`check_convention`, :func:`compare_poses`, need the network's predi
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from errors import PoseCheckError
-from pose_rules import rotation_problem
+from errors import InputError, PoseCheckError
+from pose_rules import (
+    MAX_SCENE_DEPTH_M,
+    MIN_BASELINE_M,
+    MIN_BASELINE_TO_DEPTH,
+    MIN_SCENE_DEPTH_M,
+    baseline_problem,
+    intrinsics_problem,
+    length_text,
+    metres_per_unit,
+    position_problem,
+    precision_problem,
+    rotation_problem,
+)
 
 from .evaluation.metrics import camera_centres
 
@@ -64,6 +87,8 @@ class PoseCheckReport:
     flagged: np.ndarray | None = None
     alignment: dict = field(default_factory=dict)  # Sim(3) predicted -> given: scale, rotation, translation
     warnings: list = field(default_factory=list)
+    baseline_to_depth: float = float("nan")  # predicted poses: camera extent / median scene depth
+    no_baseline: bool = False  # predicted poses: baseline_to_depth below pose_rules.MIN_BASELINE_TO_DEPTH
 
     def to_dict(self) -> dict:
         out = {k: v for k, v in self.__dict__.items() if k not in ("rotation_error_deg", "position_error", "flagged")}
@@ -86,15 +111,24 @@ def _extent(cam_from_world: np.ndarray) -> float:
 
 
 def check_given_poses(cam_from_world: np.ndarray, intrinsics: np.ndarray, image_sizes: list[tuple[int, int]],
-                      names: list[str], source: str) -> PoseCheckReport:
+                      names: list[str], source: str, units: str | None = None) -> PoseCheckReport:
     """Checks that need only the given cameras; raises :class:`PoseCheckError` on the first failure.
 
-    ``image_sizes`` are ``(H, W)`` of the images the intrinsics refer to; ``source`` names the pose file.
+    ``image_sizes`` are ``(H, W)`` of the images the intrinsics refer to; ``source`` names the pose file;
+    ``units`` are the pose file's (None: metres), converted to metres for the physical limits of
+    ``pose_rules`` (camera positions, baseline, float64 precision, focal lengths). Units it does not know
+    are read as metres, with a warning in the report.
     """
     S = len(names)
+    per_unit = metres_per_unit(units)
+    warnings = []
+    if per_unit is None:
+        warnings.append(f"units {units!r} of {source} are not recognised; physical limits applied as if metres")
+        per_unit, units = 1.0, None
     if cam_from_world.shape != (S, 3, 4) or intrinsics.shape != (S, 3, 3):
         raise PoseCheckError(f"{source}: expected {S} cameras, got poses {cam_from_world.shape} and "
                              f"intrinsics {intrinsics.shape}")
+    C = camera_centres(cam_from_world)  # NaN where a pose is not finite (raised below)
     for i, name in enumerate(names):
         where = f"{source}: camera of {name}"
         if not (np.isfinite(cam_from_world[i]).all() and np.isfinite(intrinsics[i]).all()):
@@ -108,7 +142,9 @@ def check_given_poses(cam_from_world: np.ndarray, intrinsics: np.ndarray, image_
         H, W = image_sizes[i]
         if not (0 < cx < W and 0 < cy < H):
             raise PoseCheckError(f"{where}: principal point ({cx:g}, {cy:g}) lies outside the {W}x{H} image")
-    C = camera_centres(cam_from_world)
+        problem = intrinsics_problem(fx, fy, W, H) or position_problem(float(np.linalg.norm(C[i])), units, per_unit)
+        if problem:
+            raise PoseCheckError(f"{source}: frame {name}: {problem}")
     extent = _extent(cam_from_world)
     tol = DUPLICATE_TOL * max(extent, 1.0)
     if S > 1:
@@ -120,9 +156,38 @@ def check_given_poses(cam_from_world: np.ndarray, intrinsics: np.ndarray, image_
             if len(dup):
                 raise PoseCheckError(f"{source}: cameras of {names[i]} and {names[i + 1 + dup[0]]} are duplicates "
                                      "(same position and orientation)")
-        if not extent > tol:
-            raise PoseCheckError(f"{source}: all {S} cameras are at the same position: no baseline for geometry")
-    return PoseCheckReport(poses_given=True, source=source, num_views=S, camera_extent=extent)
+        if not extent > tol or extent * per_unit < MIN_BASELINE_M:  # every camera is to blame
+            frames = f"frames {names[0]} to {names[-1]}" if S > 2 else f"frames {names[0]} and {names[1]}"
+            raise PoseCheckError(f"{source}: {frames}: all {S} cameras are at the same position: no baseline for "
+                                 f"geometry (camera baseline {length_text(extent * per_unit, units, per_unit)}, "
+                                 f"below the limit of {MIN_BASELINE_M:g} m)")
+        problem = baseline_problem(extent, units, per_unit)
+        if problem:  # too large: name the camera farthest from the others
+            median = np.median(C, axis=0)
+            far = int(np.argmax(np.linalg.norm(C - median, axis=1)))
+            away = length_text(float(np.linalg.norm(C[far] - median)) * per_unit, units, per_unit)
+            raise PoseCheckError(f"{source}: frame {names[far]}: {problem} (it lies {away} from the median "
+                                 "camera position)")
+        distance = np.linalg.norm(C, axis=1)
+        problem = precision_problem(float(distance.max()), extent, units, per_unit)
+        if problem:
+            raise PoseCheckError(f"{source}: frame {names[int(np.argmax(distance))]}: {problem}")
+    return PoseCheckReport(poses_given=True, source=source, num_views=S, camera_extent=extent, warnings=warnings)
+
+
+def check_distinct_images(images: Sequence[np.ndarray], paths: Sequence[str]) -> None:
+    """Raise :class:`errors.InputError` naming both files when two images hold the same pixels: a
+    duplicated photo adds no view, and with predicted poses it is a pair without baseline. ``paths``
+    name the image files, in the order of ``images``."""
+    seen: dict[bytes, int] = {}
+    for i, image in enumerate(images):
+        a = np.ascontiguousarray(image)
+        digest = hashlib.blake2b(f"{a.shape}{a.dtype.str}".encode(), digest_size=16)
+        digest.update(memoryview(a).cast("B"))
+        j = seen.setdefault(digest.digest(), i)
+        if j != i and np.array_equal(images[j], a):
+            raise InputError(f"{paths[i]}: identical to {paths[j]} (the same pixels): a duplicated photo adds no "
+                             "view and no baseline; remove one of them")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -307,5 +372,41 @@ def compare_poses(pred: np.ndarray, given: np.ndarray, pred_depth_median: float,
     return report
 
 
+def check_scene_scale(pred_depth_median: float, report: PoseCheckReport, units: str | None, source: str) -> None:
+    """Raise :class:`PoseCheckError` when the metric scale the given cameras put on the predicted depth
+    (``report.depth_scale`` times the predicted median depth ``pred_depth_median``, in the pose file's
+    ``units``) is not finite or leaves the physical limits of a scene (``pose_rules.MIN_SCENE_DEPTH_M``
+    to ``MAX_SCENE_DEPTH_M``): the given positions do not match the size of what the images show."""
+    per_unit = metres_per_unit(units) or 1.0  # unknown units: read as metres (check_given_poses warned)
+    s = float(report.depth_scale)
+    metres = s * float(pred_depth_median) * per_unit
+    if not (np.isfinite(s) and s > 0 and MIN_SCENE_DEPTH_M <= metres <= MAX_SCENE_DEPTH_M):
+        raise PoseCheckError(
+            f"{source}: the predicted depth scaled to the given cameras (depth scale {s:.3g}) has a median of "
+            f"{length_text(metres, units, per_unit)}, outside the limits of "
+            f"{MIN_SCENE_DEPTH_M:g} to {MAX_SCENE_DEPTH_M:.0e} m: the given camera positions do not match the "
+            "size of the scene the images show (wrong units, or poses of another capture?)")
+
+
+def flag_predicted_baseline(report: PoseCheckReport, cam_from_world: np.ndarray, depth: np.ndarray,
+                            ) -> PoseCheckReport:
+    """Predicted poses only: record ``camera extent / median depth`` (both in the network's scene units)
+    and flag the capture (``report.no_baseline`` and a warning) when it is below
+    ``pose_rules.MIN_BASELINE_TO_DEPTH``: the views barely move, the geometry is single-view depth."""
+    valid = depth[np.isfinite(depth) & (depth > 0)]
+    median = float(np.median(valid)) if valid.size else float("nan")
+    extent = _extent(cam_from_world)
+    ratio = extent / median if median > 0 else float("nan")
+    report.baseline_to_depth = ratio
+    if not ratio >= MIN_BASELINE_TO_DEPTH:
+        report.no_baseline = True
+        report.warnings.append(
+            f"no baseline: the predicted cameras of the {len(cam_from_world)} views span {extent:.3g} against a "
+            f"median scene depth of {median:.3g} (ratio {ratio:.3g}, below {MIN_BASELINE_TO_DEPTH:g}); the views "
+            "barely move, so the geometry is single-view depth, not triangulated")
+    return report
+
+
 __all__ = ["PoseCheckReport", "check_given_poses", "candidate_poses", "best_depth_scale", "check_convention",
-           "relative_directions", "compare_poses", "align_cameras", "camera_centres", "CONVENTIONS"]
+           "relative_directions", "compare_poses", "align_cameras", "camera_centres", "CONVENTIONS",
+           "check_distinct_images", "check_scene_scale", "flag_predicted_baseline"]

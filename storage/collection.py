@@ -19,8 +19,8 @@ Images: ``.png`` / ``.jpg`` / ``.jpeg`` (any case) directly in ``images/`` (or, 
 files the frames name), decoded by :func:`storage.images.decode_image` (EXIF orientation applied,
 any colour mode to 8-bit RGB, bombs and truncation rejected). Frame order = sorted file name;
 sizes may differ between images. Every image in ``images/`` needs a camera when there is a pose
-file; cameras for images that are not there are ignored (zipmap, COLMAP; a nerfstudio frame must
-find its file).
+file, and every camera needs its image: a camera whose image is not there raises naming the image
+(a lost photo is never dropped silently; COLMAP images must lie directly in ``images/``).
 
 Camera and image sizes. Each pose states (or implies) the image size its intrinsics refer to:
 
@@ -229,6 +229,13 @@ def _image_files(fs, root: str, url: str, poses: PoseFile | None) -> list[tuple[
         paths = [f"images/{n}" for n in in_images if _is_image(n)]
         if not paths:
             raise InputError(f"{url}/images: no .png/.jpg/.jpeg files")
+        present = set(paths)
+        for path in by_path:  # a camera whose image is not there: a lost photo, never dropped silently
+            if path not in present:
+                folder, name = posixpath.split(path)
+                why = ("missing (images are read from images/, not its subfolders)" if folder != "images" else
+                       "not a .png/.jpg/.jpeg image" if name in in_images else "missing")
+                raise InputError(f"{url}/{path}: {why} (its camera is in {poses.where})")
     else:  # the frames name the images; any image in images/ must be one of them
         paths = list(by_path) + [f"images/{n}" for n in (in_images or ()) if _is_image(n)
                                  and f"images/{n}" not in by_path]

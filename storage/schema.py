@@ -37,9 +37,10 @@ def view_chunks(data: np.ndarray) -> tuple[int, ...]:
 
 
 def begin_store(out: str, collection_id: str, root_attrs: Mapping[str, Any], storage_options: dict | None = None,
-                run_id: str | None = None) -> ReconstructionStore:
-    """Start ``OUT/<collection_id>.zarr`` (``zipmap_status = "writing"``) with the run's root attributes."""
-    store = ReconstructionStore(join(out, f"{collection_id}.zarr"), storage_options, run_id=run_id)
+                run_id: str | None = None, *, claim) -> ReconstructionStore:
+    """Start ``OUT/<collection_id>.zarr`` (``zipmap_status = "writing"``) with the run's root attributes, under
+    ``claim`` (``storage.claims``: this run's claim on the output, checked before every write)."""
+    store = ReconstructionStore(join(out, f"{collection_id}.zarr"), storage_options, run_id=run_id, claim=claim)
     store.begin({"title": f"ZipMap reconstruction of {collection_id}", "Conventions": "CF-1.11", **root_attrs})
     return store
 

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import io
 import posixpath
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from errors import InputError, ZipMapError, io_error
+from errors import InputError, StorageError, ZipMapError, io_error
 from pose_rules import orthonormal_error, rotation_det
 
 from .collection import Collection
-from .urls import filesystem, redact, storage_errors
+from .urls import filesystem, is_local, redact, storage_errors
 
 MANIFEST_COLUMNS = ("collection_id", "source")
 
@@ -63,12 +64,30 @@ def write_table(df: pd.DataFrame, url: str, storage_options: Mapping[str, Any] |
         df.to_parquet(buf, index=False)
     else:
         df.to_csv(buf, index=False)
+    try:
+        _put(fs, path, url, buf.getvalue())
+    except ZipMapError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (a full disk names the file; object-store faults -> TransientError)
+        raise io_error(exc, redact(url), "cannot be written", StorageError) from exc
+    return url
+
+
+def _put(fs, path: str, url: str, data: bytes) -> None:
     with storage_errors(url):
         parent = posixpath.dirname(path)
         if parent:
             fs.makedirs(parent, exist_ok=True)
-        fs.pipe_file(path, buf.getvalue())
-    return url
+        if is_local(url):  # a full disk must not leave a truncated table where the old one (or none) was
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            try:
+                fs.pipe_file(tmp, data)
+                fs.mv(tmp, path)
+            finally:
+                if fs.exists(tmp):
+                    fs.rm(tmp)
+        else:  # an object-store PUT is atomic: the object appears whole or not at all
+            fs.pipe_file(path, data)
 
 
 def image_table(coll: Collection, collection_id: str) -> pd.DataFrame:

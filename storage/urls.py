@@ -6,7 +6,9 @@ reads itself (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TO
 ``AWS_ENDPOINT_URL``, ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, profiles, instance roles), or from
 explicit ``storage_options`` (the keyword arguments of the fsspec filesystem, e.g. s3fs's ``key``,
 ``secret``, ``endpoint_url``, ``client_kwargs``). Storage options are never written to logs,
-reports or outputs: :func:`redact` is what goes there.
+reports or outputs: :func:`redact` (a URL) and :func:`public_options` (the options) are what goes
+there. Every option set this module opens a filesystem with has its secret values registered with
+:func:`errors.scrub` (and every URL its user info and signed query), so no message quotes them.
 """
 
 from __future__ import annotations
@@ -21,11 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 
-from errors import StorageError, TransientError
-
-# Keys of storage options that may hold secrets (matched case-insensitively as substrings).
-_SECRET_WORDS = ("key", "secret", "token", "password", "credential", "session")
-
+from errors import StorageError, TransientError, is_secret_key, register_secrets, register_url_secrets, scrub
 
 # Object-store retries. Transient faults (timeouts, lost connections, 5xx, throttling) are retried in
 # one place: the batch, per collection, with exponential backoff and jitter (tasks.batch). Below it
@@ -41,7 +39,10 @@ _S3_SCHEMES = ("s3", "s3a")
 
 def fs_options(url: str, storage_options: Mapping[str, Any] | None = None) -> dict:
     """The fsspec options this package opens ``url`` with: ``storage_options`` plus, for S3, the bounded
-    botocore retries above (unless the options or the environment set them)."""
+    botocore retries above (unless the options or the environment set them). Registers the options'
+    secret values and ``url``'s credentials with :func:`errors.scrub`."""
+    register_secrets(storage_options)
+    register_url_secrets(url)
     opts = dict(storage_options or {})
     if urlsplit(str(url)).scheme not in _S3_SCHEMES or os.environ.get("AWS_MAX_ATTEMPTS") \
             or os.environ.get("AWS_RETRY_MODE"):
@@ -85,23 +86,54 @@ def is_local(url: str) -> bool:
 
 
 def redact(url: str) -> str:
-    """A URL fit for logs and provenance: no user info, no query string (signed URLs), no fragment."""
-    url = str(url)
+    """A URL fit for logs and provenance: no user info, no query string (signed URLs), no fragment, no
+    registered secret (:func:`errors.scrub`, which it agrees with on URLs)."""
+    url = scrub(str(url))
     if "://" not in url:
         return url
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not a URL after all (an invalid IPv6 host, ...): scrubbed is all it gets
+        return url
     netloc = parts.netloc.rsplit("@", 1)[-1]
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def public_options(storage_options: Mapping[str, Any] | None) -> dict:
-    """Storage options with every secret-looking value removed (for reports)."""
-    def clean(value):
-        if isinstance(value, Mapping):
-            return {k: clean(v) for k, v in value.items() if not any(w in str(k).lower() for w in _SECRET_WORDS)}
-        return value
+def split_secrets(storage_options: Mapping[str, Any] | None) -> tuple[dict, dict]:
+    """``(public, secret)``: the storage options split by key (:func:`errors.is_secret_key`, nested mappings
+    such as ``client_kwargs`` split alike); ``secret`` holds the secret-looking keys with a value (not None or
+    empty), ``public`` everything else but secret-looking keys. ``merge_options(public, secret)`` gives the
+    options back (less empty secret keys)."""
+    public: dict = {}
+    secret: dict = {}
+    for key, value in (storage_options or {}).items():
+        if is_secret_key(key):
+            if value is not None and not (isinstance(value, (str, Mapping, list, tuple)) and not value):
+                secret[key] = value
+        elif isinstance(value, Mapping):
+            pub, sec = split_secrets(value)
+            public[key] = pub
+            if sec:
+                secret[key] = sec
+        else:
+            public[key] = value
+    return public, secret
 
-    return clean(dict(storage_options or {}))
+
+def merge_options(base: Mapping[str, Any] | None, extra: Mapping[str, Any] | None) -> dict:
+    """``base`` with ``extra`` merged in, nested mappings merged key by key (``extra`` wins)."""
+    merged = dict(base or {})
+    for key, value in (extra or {}).items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_options(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def public_options(storage_options: Mapping[str, Any] | None) -> dict:
+    """Storage options with every secret-looking key removed (for reports and provenance)."""
+    return split_secrets(storage_options)[0]
 
 
 _NO_CREDENTIALS = ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
@@ -171,5 +203,6 @@ def safe_id(value: str) -> str:
 
 
 __all__ = ["filesystem", "fs_options", "bound_retries", "join", "is_local", "redact", "public_options",
+           "split_secrets", "merge_options",
            "collection_id_from_url", "safe_id",
            "explain_storage_error", "storage_errors"]

@@ -10,12 +10,15 @@ recognisable:
    ``zipmap_status = "complete"`` — the last write. A run that fails calls :meth:`fail`
    (``zipmap_status = "failed"`` plus ``zipmap_error``); a run that dies leaves ``"writing"``.
 
-Readers must treat anything but ``"complete"`` as not there (:func:`read_status`).
+Readers must treat anything but ``"complete"`` as not there (:func:`read_status`). A store given the
+run's claim (``storage.claims``, as the pipeline always does) writes nothing unless the run still holds
+it, and reads the claim back before :meth:`~ReconstructionStore.begin` and before the ``"complete"`` mark.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import uuid
 import warnings
@@ -29,13 +32,14 @@ from zarr.codecs import BloscCodec
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore
 
-from errors import StorageError, ZipMapError, io_error
+from errors import StorageError, ZipMapError, io_error, scrub
 
 from .urls import bound_retries, filesystem, fs_options, is_local, redact
 
 STATUS_KEY = "zipmap_status"
 RUN_KEY = "zipmap_run_id"
 COMPLETE = "complete"
+MANIFEST_KEY = "zipmap_manifest"  # storage.integrity: what a complete store holds
 FORMAT_VERSION = 1
 
 
@@ -71,7 +75,10 @@ def _store(url: str, storage_options: Mapping[str, Any] | None, read_only: bool 
 
 
 def _jsonable(value):
-    """Attributes as plain JSON (numpy scalars and arrays converted; NaN kept as null)."""
+    """Attributes as plain JSON (numpy scalars and arrays converted; NaN kept as null; text through
+    :func:`errors.scrub`: no attribute, ``zipmap_error`` or provenance included, ever holds a secret)."""
+    if isinstance(value, str):
+        return scrub(value)
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -104,16 +111,19 @@ def _default_fill(dtype) -> Any:
 class ReconstructionStore:
     """One reconstruction's Zarr store at ``url`` (local path or any fsspec URL)."""
 
-    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None, run_id: str | None = None):
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None, run_id: str | None = None,
+                 claim=None):
         self.url = str(url).rstrip("/")
         self.storage_options = dict(storage_options or {})
         self.run_id = run_id or uuid.uuid4().hex
+        self.claim = claim  # storage.claims.Claim: with one, nothing is written unless this run still holds it
         self._root: zarr.Group | None = None
         self._arrays: dict[tuple[str, str], Any] = {}  # (group, array) -> AsyncArray made by write_group
 
     # -- writing ---------------------------------------------------------------------------------
     def begin(self, attrs: Mapping[str, Any]) -> None:
         """Remove anything at the URL and create the root group marked ``"writing"``."""
+        self._hold(verify=True)
         fs, path = filesystem(self.url, self.storage_options)
         try:
             if fs.exists(path):
@@ -128,6 +138,12 @@ class ReconstructionStore:
         except Exception as exc:  # noqa: BLE001  (object-store faults -> TransientError, the rest StorageError)
             raise io_error(exc, redact(self.url), "cannot create the output store", StorageError) from exc
 
+    def _hold(self, verify: bool = False) -> None:
+        """With a claim: raise ``storage.claims.ClaimLost`` unless this run still holds it (``verify``: read
+        back from storage, else this writer's own view)."""
+        if self.claim is not None:
+            self.claim.verify() if verify else self.claim.check()
+
     @property
     def root(self) -> zarr.Group:
         if self._root is None:
@@ -139,6 +155,7 @@ class ReconstructionStore:
         """Create group ``name`` and its arrays (replacing arrays of the same name); arrays given with data
         are written now. The arrays are created and written concurrently through zarr's asynchronous
         API (``Group._async_group``; zarr is pinned, and the store tests cover this path)."""
+        self._hold()
         group = self.root.require_group(name)
         if attrs:
             group.update_attributes(_jsonable(attrs))
@@ -171,6 +188,7 @@ class ReconstructionStore:
     def write_regions(self, group: str, items: Mapping[str, tuple[Sequence[slice], np.ndarray]]) -> None:
         """Write ``{name: (region, data)}`` into arrays of group ``group``, all at once (regions should be
         chunk-aligned)."""
+        self._hold()
         if any((group, name) not in self._arrays for name in items):  # arrays this writer did not create
             target = self.root[group]
             self._arrays.update({(group, name): target[name]._async_array for name in items})
@@ -182,6 +200,7 @@ class ReconstructionStore:
         sync(write_all())
 
     def update_attrs(self, attrs: Mapping[str, Any], group: str | None = None) -> None:
+        self._hold()
         target = self.root if group is None else self.root[group]
         target.update_attributes(_jsonable(attrs))
 
@@ -203,17 +222,52 @@ class ReconstructionStore:
             warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
             zarr.consolidate_metadata(_store(self.url, self.storage_options))
         self._root = None
+        manifest = self.manifest()
         if not self.owned():
             raise StorageError(f"{redact(self.url)}: another run took over this output; not marking it complete")
-        self.update_attrs({STATUS_KEY: COMPLETE})
+        self._hold(verify=True)  # the claim is still this run's, right before the last write
+        self.update_attrs({MANIFEST_KEY: manifest, STATUS_KEY: COMPLETE})  # one write: manifest and status
+
+    def manifest(self) -> dict:
+        """The chunk manifest of the store as it is now (``storage.integrity``: per array its layout, number of
+        chunk objects and bytes); refuses (:class:`errors.StorageError`) when a chunk that every complete
+        store has (all are written) is not there."""
+        from .integrity import array_layout, build_manifest, list_objects
+
+        arrays = {path: array_layout(node.shape, node.shards or node.chunks,
+                                     node.metadata.chunk_key_encoding.to_dict())
+                  for path, node in self.root.members(max_depth=None) if isinstance(node, zarr.Array)}
+        manifest, missing = build_manifest(arrays, list_objects(self.url, self.storage_options))
+        if missing:
+            raise StorageError(f"{redact(self.url)}: {len(missing)} chunk(s) were not written (first: {missing[0]}); "
+                               "not marking it complete")
+        return manifest
 
     def fail(self, reason: str) -> None:
         """Mark a store that was begun as failed (never complete); a no-op if nothing was created."""
         try:
             if read_status(self.url, self.storage_options) is None or not self.owned():
                 return  # nothing of ours to mark
-            self.update_attrs({STATUS_KEY: "failed", "zipmap_error": reason})
         except Exception:  # the original error matters more than a failure to record it  # noqa: BLE001
+            return
+        mark = {STATUS_KEY: "failed", "zipmap_error": reason}
+        try:
+            self.update_attrs(mark)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                return
+            # a full disk: the partial arrays are worthless; free their space so the store says "failed"
+            # instead of staying "writing" (a reader must never mistake it for anything else)
+            try:
+                fs, path = filesystem(self.url, self.storage_options)
+                for child in fs.ls(path, detail=False):
+                    if fs.isdir(child):
+                        fs.rm(child, recursive=True)
+                self._root = None
+                self.update_attrs(mark)
+            except Exception:  # noqa: BLE001
+                pass
+        except Exception:  # noqa: BLE001
             pass
 
 

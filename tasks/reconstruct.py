@@ -10,7 +10,11 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from errors import install_log_scrubbing
+
 from .stages import STAGES, run_reconstruction
+
+install_log_scrubbing()  # the flow's log records and tracebacks through errors.scrub
 
 TASK_NAMES = {"read": "read-collection"}  # the rest: the stage's name with dashes
 TASKS = {name: task(fn, name=TASK_NAMES.get(name, name.replace("_", "-")), cache_policy=NO_CACHE)

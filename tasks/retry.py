@@ -19,7 +19,9 @@ from errors import is_transient
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-RETRY_ATTEMPTS = 6  # ZIPMAP_RETRY_ATTEMPTS: tries per collection for transient faults, the first included
+RETRY_ATTEMPTS = 10  # ZIPMAP_RETRY_ATTEMPTS: tries per collection for transient faults, the first included;
+# with the doubling waits, 10 tries always reach the patience below (9 waits of at least 1, 2, 4, ... s): an
+# outage of up to RETRY_PATIENCE_S seconds is ridden out whatever the jitter draws
 RETRY_BACKOFF_S = 2.0  # ZIPMAP_RETRY_BACKOFF: the first wait; each next one doubles (x0.5-1.5 jitter)
 RETRY_PATIENCE_S = 60.0  # ZIPMAP_RETRY_PATIENCE: seconds of waiting in all, at most
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from errors import StorageError, ZipMapError, io_error
 from model import fusion
 from model.inference import (
     Views,
@@ -37,13 +39,17 @@ from model.inference import (
 from model.placement import Scene, VolumePlan, volume_summary
 from model.placement import place_in_world as place
 from model.placement import plan_volume as plan_grid
-from model.pose_checks import PoseCheckReport, check_given_poses
+from model.pose_checks import PoseCheckReport, check_distinct_images, check_given_poses
 from settings import ReconstructionSettings
+from storage.claims import acquire as claim_output
 from storage.collection import Collection, read_collection
+from storage.integrity import FINGERPRINT_KEY
 from storage.schema import VOLUME_CHUNK, VolumeWriter, begin_store
 from storage.schema import write_views as write_view_group
 from storage.urls import collection_id_from_url, join, public_options, redact, safe_id
 from storage.zarr_store import ReconstructionStore
+
+from .integrity import fingerprint
 
 POSE_FILES = {"zipmap": "cameras.json", "nerfstudio": "transforms.json", "colmap": "COLMAP model (images/cameras)"}
 
@@ -65,11 +71,17 @@ def read(src: str, storage_options: dict | None = None) -> Collection:
 
 @stage
 def check_poses(coll: Collection) -> PoseCheckReport:
-    """Checks of the given cameras that need no network (nothing to check without poses)."""
+    """Checks that need no network: no two images alike, then the given cameras' rules and physical limits
+    (in the pose file's units; nothing more to check without poses)."""
+    if len(coll.image_info) == coll.num_frames:  # each image's file, as read
+        paths = [redact(info["path"]) for info in coll.image_info]
+    else:
+        paths = [join(redact(coll.url), "images", name) for name in coll.names]
+    check_distinct_images(coll.images, paths)
     if coll.cam_from_world is None:
         return PoseCheckReport(poses_given=False, num_views=coll.num_frames)
     return check_given_poses(coll.cam_from_world, coll.intrinsics, coll.image_sizes(), list(coll.names),
-                             pose_source(coll))
+                             pose_source(coll), units=coll.units)
 
 
 @stage
@@ -205,13 +217,20 @@ def run_reconstruction(src: str, out: str, settings: ReconstructionSettings | No
                        collection_id: str | None = None, storage_options: dict | None = None,
                        call: Callable = call_plain, log: Callable[[str], None] = lambda msg: None,
                        progress: Callable[[int, int], None] | None = None, run_id: str | None = None,
-                       validate_inputs: Callable | None = None, validate_outputs: Callable | None = None) -> dict:
+                       validate_inputs: Callable | None = None, validate_outputs: Callable | None = None,
+                       recheck: Callable[[], dict | None] | None = None) -> dict:
     """Every stage for one collection; returns the summary also stored in the root attributes.
 
     ``settings`` were validated when they were made. Input problems raise before anything is written
     (an earlier output stays as it was); a failure after the store was begun marks it ``failed``,
     never ``complete``. ``validate_inputs(collection, collection_id)`` runs after reading and
     ``validate_outputs(summary)`` before the store is marked complete; either raises to stop the run.
+
+    One writer per output: after the input checks, before the zip pass, the run claims the output
+    (``storage.claims``; :class:`errors.Busy` when another run holds it) and holds the claim until it
+    returns; the store is begun, written and marked complete only under it. ``recheck()`` runs once the
+    claim is held: a summary it returns (another run completed the output meanwhile) is returned as it
+    is, and nothing is written.
     """
     settings = settings or ReconstructionSettings()
     cid = safe_id(collection_id) if collection_id else collection_id_from_url(src)
@@ -225,19 +244,30 @@ def run_reconstruction(src: str, out: str, settings: ReconstructionSettings | No
         return result
 
     started = time.perf_counter()
+    made_from = fingerprint(src, settings, storage_options)  # listed before reading: a later change shows on a rerun
     coll = run("read", src, storage_options)
     if validate_inputs is not None:
         validate_inputs(coll, cid)
     report = run("check_poses", coll)
     steps = refinement_steps(settings.refine_poses, report.poses_given)
-    views, zr = run("zip_pass", coll, settings)
-    if steps is not None:
-        zr = run("refine_poses", views, zr, steps)
-    scene = run("place_in_world", coll, views, zr, report)
-    plan = run("plan_volume", scene, settings)
-    model = get_model(settings.weights, settings.preset, settings.device)
-    store = begin_store(out, cid, provenance(src, cid, settings, model, views, scene, zr, storage_options),
-                        storage_options, run_id=run_id)
+    run_id = run_id or uuid.uuid4().hex
+    claim = claim_output(out, cid, run_id, storage_options)  # errors.Busy: another run is writing this output
+    try:
+        if recheck is not None and (done := recheck()) is not None:
+            claim.release()
+            return done
+        views, zr = run("zip_pass", coll, settings)
+        if steps is not None:
+            zr = run("refine_poses", views, zr, steps)
+        scene = run("place_in_world", coll, views, zr, report)
+        plan = run("plan_volume", scene, settings)
+        model = get_model(settings.weights, settings.preset, settings.device)
+        store = begin_store(out, cid, {**provenance(src, cid, settings, model, views, scene, zr, storage_options),
+                                       FINGERPRINT_KEY: made_from},
+                            storage_options, run_id=run_id, claim=claim)
+    except BaseException:
+        claim.release()
+        raise
     try:
         views_summary = run("write_views", store, scene)
         volume = run("decode_volume", store, scene, plan, settings.device, progress=progress)
@@ -255,7 +285,11 @@ def run_reconstruction(src: str, out: str, settings: ReconstructionSettings | No
         run("finalize", store, summary)
     except BaseException as exc:
         store.fail(f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, OSError) and not isinstance(exc, ZipMapError):  # a full disk, a lost mount: name the store
+            raise io_error(exc, redact(store.url), "cannot be written", StorageError) from exc
         raise
+    finally:
+        claim.release()
     summary["timings"]["total"] = round(time.perf_counter() - started, 4)
     return summary
 

@@ -9,12 +9,17 @@ A batch report has one section per suite that ran: the manifest's, then each col
 ``output`` suites in their compact form (``ValidationOutcome.compact``: no per-expectation table; a passing
 one appears only in the summary table), and the batch's summary rows, whose failures also make the result
 FAILED.
+
+Every text that goes into a report passes through :func:`errors.scrub` (before any escaping): no URL
+credentials, signed queries or registered secrets reach it.
 """
 
 from __future__ import annotations
 
 import html
 from collections.abc import Mapping, Sequence
+
+from errors import scrub
 
 from .suites import ValidationOutcome
 
@@ -91,7 +96,7 @@ def _detailed(o: ValidationOutcome) -> bool:
 
 
 def _cell(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    return scrub(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
 def render_report(sections: Sections, title: str, collections: Rows | None = None) -> str:
@@ -99,7 +104,7 @@ def render_report(sections: Sections, title: str, collections: Rows | None = Non
     sections that passed cleanly have none), then, given a batch's ``collections`` (summary rows), one line
     per collection. The result is FAILED when any validation failed or any collection's status is ``failed``."""
     overall, totals = _totals(sections, collections)
-    out = [f"# {title}", "", f"**Result: {overall}** ({totals})", ""]
+    out = [f"# {scrub(title)}", "", f"**Result: {overall}** ({totals})", ""]
     if sections:
         out += ["| section | suite | result | expectations | failed | warnings |", "|---|---|---|---|---|---|"]
         for name, o in sections:
@@ -112,9 +117,9 @@ def render_report(sections: Sections, title: str, collections: Rows | None = Non
             continue
         out += [f"## {_label(name, o)}: {'passed' if o.success else 'FAILED'}", ""]
         if o.failures:
-            out += ["Failures:", ""] + [f"- {line}" for line in o.failures] + [""]
+            out += ["Failures:", ""] + [f"- {scrub(line)}" for line in o.failures] + [""]
         if o.warnings:
-            out += ["Warnings:", ""] + [f"- {line}" for line in o.warnings] + [""]
+            out += ["Warnings:", ""] + [f"- {scrub(line)}" for line in o.warnings] + [""]
         if o.results:
             out += ["| result | expectation | column | observed | unexpected |", "|---|---|---|---|---|"]
             out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in _rows(o)]
@@ -124,12 +129,14 @@ def render_report(sections: Sections, title: str, collections: Rows | None = Non
         out += [f"| {_cell(str(r.get('collection_id') or ''))} | {r.get('status', '')} | "
                 f"{_cell(str(r.get('reason') or ''))} |" for r in collections]
         out.append("")
-    return "\n".join(out)
+    return scrub("\n".join(out))
 
 
 def render_html(sections: Sections, title: str, collections: Rows | None = None) -> str:
     """The same report as a standalone HTML page (no scripts, no external resources)."""
-    e = html.escape
+    def e(text: str) -> str:
+        return html.escape(scrub(text))
+
     overall, totals = _totals(sections, collections)
     out = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8">', f"<title>{e(title)}</title>",
            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
@@ -162,7 +169,7 @@ def render_html(sections: Sections, title: str, collections: Rows | None = None)
                        f"<td>{e(str(r.get('reason') or ''))}</td></tr>")
         out.append("</table>")
     out.append("</body></html>")
-    return "\n".join(out)
+    return scrub("\n".join(out))
 
 
 __all__ = ["render_report", "render_html"]

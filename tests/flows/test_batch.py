@@ -248,6 +248,9 @@ def test_local_cluster_workers_keep_no_profile(tmp_path, monkeypatch):
         time.sleep(1.5)  # more than one profile cycle
         assert client.run(profiled) == {w: (0, 0) for w in client.scheduler_info()["workers"]}
         assert all(client.run(lambda: "tasks.batch" in sys.modules).values())  # preloaded
+        from errors import log_scrubbing_installed
+
+        assert all(client.run(log_scrubbing_installed).values())  # their log records go through errors.scrub
     monkeypatch.setenv(PROFILE_ENV, "True")
     assert worker_config()["distributed"]["worker"]["profile"]["enabled"] is True  # Dask's own setting
 

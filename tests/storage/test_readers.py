@@ -305,10 +305,16 @@ def test_missing_pose_for_an_image(scene, tmp_path, fmt):
         read_collection(url)
 
 
-def test_extra_poses_without_images_are_ignored(scene, tmp_path):
-    url = export(scene, tmp_path, "colmap-binary")
+@pytest.mark.parametrize("fmt", list(POSE_FILE))
+def test_a_camera_without_its_image_fails_naming_the_image(scene, tmp_path, fmt):
+    """A lost photo is never dropped silently: its camera names it, in every pose format."""
+    url = export(scene, tmp_path, fmt)
+    assert read_collection(url).names == ("000.png", "001.png", "002.png")
     (tmp_path / "images" / "001.png").unlink()
-    assert read_collection(url).names == ("000.png", "002.png")
+    expected = (f"{url}/images/001.png: missing (frame of " if fmt == "nerfstudio" else
+                f"{url}/images/001.png: missing (its camera is in {url}/{POSE_FILE[fmt]})")
+    with raises(expected):
+        read_collection(url)
 
 
 def break_transforms(doc, case):
