@@ -250,6 +250,7 @@ def run_reconstruction(src: str, out: str, settings: ReconstructionSettings | No
         validate_inputs(coll, cid)
     report = run("check_poses", coll)
     steps = refinement_steps(settings.refine_poses, report.poses_given)
+    get_model(settings.weights, settings.preset, settings.device)  # a bad checkpoint fails before anything is written
     run_id = run_id or uuid.uuid4().hex
     claim = claim_output(out, cid, run_id, storage_options)  # errors.Busy: another run is writing this output
     try:
