@@ -64,7 +64,14 @@ def bound_retries(fs):
 
 def filesystem(url: str, storage_options: Mapping[str, Any] | None = None):
     """``(fs, path)`` for ``url``; ``path`` has no trailing slash. S3 filesystems get bounded retries
-    (:func:`fs_options`, :func:`bound_retries`)."""
+    (:func:`fs_options`, :func:`bound_retries`). An S3 URL with credentials in it (``s3://KEY:SECRET@bucket``)
+    is refused in one line: s3fs would read them as part of the bucket name."""
+    scheme, _, rest = str(url).partition("://")
+    if scheme.lower() in _S3_SCHEMES and any(c in rest.split("/", 1)[0] for c in "@:"):  # no bucket has @ or :
+        from errors import ConfigError
+
+        raise ConfigError(f"{redact(url)}: credentials in an S3 URL are not used; give them as AWS_ACCESS_KEY_ID / "
+                          "AWS_SECRET_ACCESS_KEY, --storage-options or --credentials (env:VAR, file:PATH, block:NAME)")
     try:
         fs, path = fsspec.core.url_to_fs(str(url), **fs_options(url, storage_options))
     except (ValueError, ImportError) as exc:
@@ -165,7 +172,7 @@ def explain_storage_error(url: str, exc: BaseException) -> Exception | None:
                                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or give the machine a role), or pass "
                                "--storage-options")
         if name in _UNREACHABLE or isinstance(e, ConnectionRefusedError):
-            endpoint = os.environ.get("AWS_ENDPOINT_URL") or "the default AWS endpoint"
+            endpoint = os.environ.get("AWS_ENDPOINT_URL") or "the endpoint of the storage options, else AWS's"
             return TransientError(f"{redact(url)}: cannot reach the object store ({endpoint}): check "
                                   f"AWS_ENDPOINT_URL and the network ({name}: {redact(text)})")
         if name in _DENIED or any(code in text for code in _DENIED):
