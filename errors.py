@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import re
 import sys
 import threading
@@ -339,6 +340,8 @@ class ScrubFilter(logging.Filter):
         return True
 
 
+SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "GOOGLE_APPLICATION_CREDENTIALS_JSON",
+              "AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_CONNECTION_STRING")
 _FILTER = ScrubFilter()
 _SCRUBBING = "_zipmap_scrubbing"
 SCRUBBED_LOGGERS = ("", "prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.extra", "distributed")
@@ -369,7 +372,10 @@ def install_log_scrubbing() -> None:
     each record as it is made (whatever handler later sends it: console, Prefect's API, Dask's), plus a
     :class:`ScrubFilter` on the root, Prefect and Dask loggers and their handlers; uncaught exceptions (the
     process's and threads' tracebacks) are printed scrubbed too. Installed in the flow process and, through
-    the preloaded ``tasks.batch``, in the Dask worker processes."""
+    the preloaded ``tasks.batch``, in the Dask worker processes. The object-store secrets of the environment
+    (:data:`SECRET_ENV`) are registered too."""
+    for name in SECRET_ENV:
+        register_secret(os.environ.get(name))
     current = logging.getLogRecordFactory()
     if not getattr(current, _SCRUBBING, False):
         logging.setLogRecordFactory(_scrubbing_factory(current))

@@ -215,3 +215,13 @@ def test_written_text_is_scrubbed(tmp_path, capsys):
     for text in texts:
         for secret in ("AKIAROWUSER000000001", "RowPass7Hh3", "Kk9Jj2Ll5", SECRET):
             assert secret not in text, (secret, text)
+
+
+def test_object_store_secrets_of_the_environment_are_masked(monkeypatch):
+    from errors import install_log_scrubbing, scrub
+
+    value = "EnvSecretZq81xPlm0vWw"
+    assert value in scrub(f"botocore said {value}")  # not known yet
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", value)
+    install_log_scrubbing()
+    assert scrub(f"botocore said {value}") == "botocore said ***"
