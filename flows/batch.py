@@ -289,15 +289,16 @@ def _dashboard_link(runner) -> str | None:
         return None
 
 
-def _executing(runner) -> set:
-    """Keys of the tasks the workers of ``runner``'s cluster are executing now (not merely queued)."""
+def _executing(runner) -> set | None:
+    """Keys of the tasks the workers of ``runner``'s cluster are executing now (not merely queued); None when
+    the workers cannot be asked."""
     def executing(dask_worker) -> list:
         return [str(ts.key) for ts in getattr(dask_worker.state, "executing", ())]
 
     try:
         return {key for keys in runner.client.run(executing).values() for key in keys}
-    except Exception:  # noqa: BLE001  (unknown: treat every task as running; the grace period still bounds the wait)
-        return {str(f.key) for f in runner.client.futures.values()} if hasattr(runner.client, "futures") else set()
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _collect(runner, groups: list[list[int]], futures: list, df: pd.DataFrame, logger) -> dict[int, dict]:
@@ -311,8 +312,9 @@ def _collect(runner, groups: list[list[int]], futures: list, df: pd.DataFrame, l
         if STOP.is_set() and deadline is None:
             deadline = time.monotonic() + stop_grace()
             executing = _executing(runner)
-            queued = [k for k, future in pending.items()
-                      if str(future.wrapped_future.key) not in executing and not future.wrapped_future.done()]
+            queued = [] if executing is None else [  # unknown: every task counts as running (the grace bounds it)
+                k for k, future in pending.items()
+                if str(future.wrapped_future.key) not in executing and not future.wrapped_future.done()]
             for k in queued:
                 pending.pop(k).wrapped_future.cancel()
             logger.warning("interrupted: %d queued task(s) cancelled; waiting up to %.0f s for %d running",
