@@ -632,6 +632,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted: zipmap {args.command} stopped; an output it had begun is marked failed, never "
               "complete", file=sys.stderr)
         return 130
+    finally:  # an error is said in one line: zarr's abandoned asyncio writes (a full disk, Ctrl-C) must not add
+        # "Task exception was never retrieved" tracebacks at interpreter exit
+        import logging
+
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 if __name__ == "__main__":
